@@ -1,0 +1,32 @@
+# The two commands that do all set-up on a fresh machine: `make run`, `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PKVC   := $(VENV)/bin/pkvc
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test bench install system-deps clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# System packages the real-component tests need, installed when missing.
+system-deps:
+	@command -v gpg >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gnupg; }
+
+run: install system-deps
+	bash contrib/demo.sh
+
+test: install system-deps
+	$(PY) -m pytest -q -p no:cacheprovider
+
+bench: install system-deps
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) .demo build *.egg-info

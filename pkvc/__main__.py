@@ -1,0 +1,5 @@
+"""Allow `python -m pkvc`."""
+
+from pkvc.cli import main
+
+main()

@@ -1,0 +1,104 @@
+"""BlobRef: the name of a blob, `<hash>-<lowercase hex digest>`.
+
+A small immutable value usable as a dict key, as Perkeep's `blob.Ref`.
+pkvc writes `sha224-` refs and reads `sha1-` and `sha256-` ones too. Refs
+with unknown hash names parse (Perkeep's `Parse` allows `foo-0b`) but cannot
+be verified, so the repository refuses to store them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+# name -> (digest length in bytes, compact id used in binary keys)
+KNOWN_HASHES = {"sha224": (28, 1), "sha1": (20, 2), "sha256": (32, 3)}
+_BY_ID = {ident: name for name, (_, ident) in KNOWN_HASHES.items()}
+DEFAULT_HASH = "sha224"
+_REF_RE = re.compile(r"^([a-z][a-z0-9]*)-([0-9a-f]+)$")
+_UNKNOWN_ID = 0xFF
+
+
+class BlobRef:
+    """An immutable blob name; compare, hash and print it like a string."""
+
+    __slots__ = ("hash_name", "hexdigest", "_str")
+
+    def __init__(self, hash_name: str, digest: bytes | str):
+        hexdigest = digest if isinstance(digest, str) else bytes(digest).hex()
+        object.__setattr__(self, "hash_name", hash_name)
+        object.__setattr__(self, "hexdigest", hexdigest)
+        object.__setattr__(self, "_str", f"{hash_name}-{hexdigest}")
+
+    def __setattr__(self, name, value):
+        raise AttributeError("BlobRef is immutable")
+
+    @classmethod
+    def parse(cls, text: str) -> "BlobRef":
+        """Parse `sha224-<hex>`; raise ValueError with the offending text."""
+        ref = cls.parse_or_none(text)
+        if ref is None:
+            raise ValueError(f"not a blobref: {text!r}")
+        return ref
+
+    @classmethod
+    def parse_or_none(cls, text) -> "BlobRef | None":
+        if not isinstance(text, str):
+            return None
+        m = _REF_RE.match(text)
+        if not m:
+            return None
+        name, hexdigest = m.groups()
+        known = KNOWN_HASHES.get(name)
+        if known and len(hexdigest) != 2 * known[0]:
+            return None
+        return cls(name, hexdigest)
+
+    @classmethod
+    def of(cls, data, hash_name: str = DEFAULT_HASH) -> "BlobRef":
+        """The ref of `data` (bytes-like) under `hash_name`."""
+        return cls(hash_name, hashlib.new(hash_name, data).digest())
+
+    @property
+    def digest(self) -> bytes:
+        return bytes.fromhex(self.hexdigest)
+
+    @property
+    def is_known(self) -> bool:
+        """Whether pkvc can compute this hash and so verify the blob."""
+        return self.hash_name in KNOWN_HASHES
+
+    def matches(self, data) -> bool:
+        """Whether `data` hashes to this ref (False for unknown hashes)."""
+        return self.is_known and hashlib.new(self.hash_name, data).digest() == self.digest
+
+    def to_key(self) -> bytes:
+        """Compact binary form for index keys: one id byte + digest."""
+        known = KNOWN_HASHES.get(self.hash_name)
+        if known:
+            return bytes([known[1]]) + self.digest
+        return bytes([_UNKNOWN_ID]) + self._str.encode()
+
+    @classmethod
+    def from_key(cls, key: bytes) -> "BlobRef":
+        if key[0] == _UNKNOWN_ID:
+            return cls.parse(key[1:].decode())
+        return cls(_BY_ID[key[0]], key[1:])
+
+    def __str__(self) -> str:
+        return self._str
+
+    def __repr__(self) -> str:
+        return f"BlobRef({self._str!r})"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, BlobRef) and self._str == other._str
+
+    def __lt__(self, other: "BlobRef") -> bool:
+        return self._str < other._str
+
+    def __hash__(self) -> int:
+        return hash(self._str)
+
+    def __reduce__(self):
+        return (BlobRef, (self.hash_name, self.hexdigest))

@@ -1,0 +1,72 @@
+"""The backend protocol: named objects and nothing else.
+
+A backend stores opaque bytes under slash-separated names (`config`,
+`keys/<id>`, `packs/ab/<id>`). It never sees blobs, keys or plaintext.
+Writes are atomic: a reader sees the whole object or no object. Names are
+validated here, in one place, so no backend can be steered outside its root.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from typing import Iterator, NamedTuple
+
+from pkvc.errors import BackendError
+
+_SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
+class ObjectInfo(NamedTuple):
+    name: str
+    size: int
+
+
+def validate_name(name: str) -> str:
+    """Refuse names that could escape the root or collide with temp files."""
+    parts = name.split("/")
+    if not name or any(not _SEGMENT.match(p) or p in (".", "..") for p in parts):
+        raise BackendError(f"invalid object name {name!r}")
+    return name
+
+
+class Backend(ABC):
+    """A dozen-verb store of named objects (borgstore's shape)."""
+
+    #: Where the objects live, as the user would write it.
+    location: str
+
+    @abstractmethod
+    def store(self, name: str, data) -> None:
+        """Write the object atomically; an existing object is replaced."""
+
+    @abstractmethod
+    def load(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        """Read an object or a slice of it; a negative offset counts from the end."""
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Objects whose name starts with `prefix` (a folder ending in '/')."""
+
+    @abstractmethod
+    def delete(self, name: str) -> None:
+        """Remove the object; removing a missing one is not an error."""
+
+    @abstractmethod
+    def exists(self, name: str) -> bool:
+        """Whether the object is there."""
+
+    @abstractmethod
+    def size(self, name: str) -> int:
+        """The object's size in bytes."""
+
+    @abstractmethod
+    def is_initialized(self) -> bool:
+        """Whether this location holds a repository (has a `config`)."""
+
+    @abstractmethod
+    def create(self) -> None:
+        """Prepare an empty location for a new repository."""
+
+    def close(self) -> None:
+        """Release connections; local backends have none."""

@@ -1,0 +1,139 @@
+"""A repository in a local directory (the default)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import unquote, urlparse
+
+from pkvc.backends.base import Backend, ObjectInfo, validate_name
+from pkvc.errors import BackendError, NoRepositoryError
+
+TEMP_PREFIX = ".tmp-"
+
+
+def from_url(url: str) -> "LocalBackend | None":
+    """A plain path or a file:// URL means a local directory."""
+    if url.startswith("file://"):
+        return LocalBackend(unquote(urlparse(url).path))
+    if "://" in url:
+        return None
+    return LocalBackend(url)
+
+
+class LocalBackend(Backend):
+    """Objects are files below `root`; writes go through temp + fsync + rename."""
+
+    def __init__(self, root):
+        self.root = Path(root).expanduser().absolute()
+        self.location = str(self.root)
+
+    def _path(self, name: str) -> Path:
+        return self.root / validate_name(name)
+
+    def store(self, name: str, data) -> None:
+        path = self._path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                with memoryview(data) as view:
+                    while view:
+                        written = os.write(fd, view)
+                        view = view[written:]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+            _fsync_dir(path.parent)
+        except OSError as e:
+            _unlink_quietly(tmp)
+            raise BackendError(f"cannot write {path}: {e.strerror}") from e
+
+    def load(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        path = self._path(name)
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset, os.SEEK_END if offset < 0 else os.SEEK_SET)
+                return f.read() if length is None else f.read(length)
+        except FileNotFoundError:
+            raise BackendError(f"object {name} is missing from {self.location}") from None
+        except OSError as e:
+            raise BackendError(f"cannot read {path}: {e.strerror}") from e
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        base = self.root / prefix if prefix else self.root
+        if prefix and not prefix.endswith("/"):
+            raise BackendError("list prefixes are folders ending in '/'")
+        yield from self._walk(base, prefix)
+
+    def _walk(self, folder: Path, prefix: str) -> Iterator[ObjectInfo]:
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            if entry.name.startswith(TEMP_PREFIX):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                yield from self._walk(Path(entry.path), f"{prefix}{entry.name}/")
+            else:
+                yield ObjectInfo(prefix + entry.name, entry.stat(follow_symlinks=False).st_size)
+
+    def delete(self, name: str) -> None:
+        path = self._path(name)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            raise BackendError(f"cannot delete {path}: {e.strerror}") from e
+        _fsync_dir(path.parent)
+
+    def exists(self, name: str) -> bool:
+        return self._path(name).is_file()
+
+    def size(self, name: str) -> int:
+        try:
+            return self._path(name).stat().st_size
+        except FileNotFoundError:
+            raise BackendError(f"object {name} is missing from {self.location}") from None
+
+    def is_initialized(self) -> bool:
+        return (self.root / "config").is_file()
+
+    def create(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            if any(self.root.iterdir()):
+                raise NoRepositoryError(
+                    f"{self.location} is not empty and holds no pkvc repository; "
+                    "choose an empty or new directory")
+        except OSError as e:
+            raise BackendError(f"cannot create {self.location}: {e.strerror}") from e
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename or unlink durable (a crash must not undo a stored pack)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError:
+        pass

@@ -1,0 +1,80 @@
+"""Keys, key derivation and authenticated encryption.
+
+Terms: the *master key* is 32 random bytes made once per repository and
+never stored in the clear; every password wraps it in a key slot through
+Argon2id. Working keys (the *data key* for packs, and others) are derived
+from the master key with keyed BLAKE2b, one per purpose, so no key is used
+for two things. All sealing is XChaCha20-Poly1305 (libsodium via PyNaCl):
+its 24-byte random nonces are safe to pick at random for any number of
+messages, and the associated data binds a ciphertext to its meaning (a
+blob's ref, a pack header) so ciphertexts cannot be swapped unnoticed.
+"""
+
+from __future__ import annotations
+
+import os
+
+import nacl.bindings as sodium
+import nacl.exceptions
+import nacl.hash
+import nacl.encoding
+from nacl.pwhash import argon2id
+
+from pkvc.errors import IntegrityError
+
+KEY_SIZE = 32
+NONCE_SIZE = sodium.crypto_aead_xchacha20poly1305_ietf_NPUBBYTES  # 24
+TAG_SIZE = sodium.crypto_aead_xchacha20poly1305_ietf_ABYTES  # 16
+SEAL_OVERHEAD = NONCE_SIZE + TAG_SIZE
+SALT_SIZE = argon2id.SALTBYTES
+
+# Argon2id cost for new key slots: about 0.1 s and 64 MiB here, above
+# libsodium's "interactive" level. Stored per slot, so it can be raised later.
+KDF_OPSLIMIT = 3
+KDF_MEMLIMIT = 64 * 1024 * 1024
+
+
+def random_key() -> bytes:
+    return os.urandom(KEY_SIZE)
+
+
+def derive_subkey(master: bytes, purpose: str) -> bytes:
+    """A working key for one purpose; BLAKE2b's `person` field separates purposes."""
+    person = purpose.encode()
+    if len(person) > 16:
+        raise ValueError("purpose names are at most 16 bytes")
+    return nacl.hash.blake2b(
+        b"", digest_size=KEY_SIZE, key=master, person=person.ljust(16, b"\0"),
+        encoder=nacl.encoding.RawEncoder,
+    )
+
+
+def password_key(password: bytes, salt: bytes, opslimit: int, memlimit: int) -> bytes:
+    """Stretch a password with Argon2id so guessing it is expensive."""
+    return argon2id.kdf(KEY_SIZE, password, salt, opslimit=opslimit, memlimit=memlimit)
+
+
+def seal(key: bytes, plaintext, ad: bytes) -> bytes:
+    """Encrypt and authenticate: nonce || ciphertext || tag."""
+    nonce = os.urandom(NONCE_SIZE)
+    return nonce + sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(bytes(plaintext), ad, nonce, key)
+
+
+def unseal(key: bytes, sealed, ad: bytes, what: str = "data") -> bytes:
+    """Decrypt what `seal` made; any tampering raises IntegrityError naming `what`."""
+    sealed = bytes(sealed)
+    if len(sealed) < SEAL_OVERHEAD:
+        raise IntegrityError(f"{what} is truncated")
+    try:
+        return sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(
+            sealed[NONCE_SIZE:], ad, sealed[:NONCE_SIZE], key)
+    except nacl.exceptions.CryptoError:
+        raise IntegrityError(f"{what} failed authentication (damaged or tampered)") from None
+
+
+def try_unseal(key: bytes, sealed, ad: bytes) -> bytes | None:
+    """Like unseal, but None when the key is wrong: the key-slot probe."""
+    try:
+        return unseal(key, sealed, ad)
+    except IntegrityError:
+        return None

@@ -1,0 +1,181 @@
+"""Pack files: many encrypted blobs in one object that describes itself.
+
+Layout of a pack (all integers little-endian):
+
+    blob_0 | blob_1 | ... | blob_n-1 | header | header_length (u32)
+
+Each `blob_i` is `seal(data_key, payload, ad=blobref key)` where payload is
+the blob, zstd-compressed when that makes it smaller. `header` is
+`seal(data_key, entries, ad=HEADER_AD)`; its entries give each blob's ref,
+kind, compression, offset, sealed length and raw length. So a pack can be
+read without any index, which is what makes the index a mere cache. A pack
+is named by the SHA-256 of its bytes and is never modified.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
+
+import zstandard
+
+from pkvc import crypto
+from pkvc.blobref import BlobRef
+from pkvc.errors import IntegrityError
+
+HEADER_VERSION = 1
+HEADER_AD = b"pkvc pack header v1"
+TARGET_PACK_SIZE = 16 * 1024 * 1024
+ZSTD_LEVEL = 3
+TAIL_READ = 64 * 1024
+
+KIND_DATA = 0  # raw bytes: file chunks, key blobs, anything not schema
+KIND_SCHEMA = 1  # unsigned schema blob (file, directory, static-set, ...)
+KIND_SIGNED = 2  # signed schema blob (permanode, claim)
+KIND_NAMES = {KIND_DATA: "data", KIND_SCHEMA: "schema", KIND_SIGNED: "signed"}
+
+COMPRESSION_NONE = 0
+COMPRESSION_ZSTD = 1
+
+_ENTRY_FIXED = struct.Struct("<BBQII")  # kind, compression, offset, length, raw_length
+_TRAILER = struct.Struct("<I")
+
+
+class PackEntry(NamedTuple):
+    """Where one blob sits in a pack and how to turn it back into bytes."""
+
+    ref: BlobRef
+    kind: int
+    compression: int
+    offset: int
+    length: int
+    raw_length: int
+
+
+def pack_name(pack_id: str) -> str:
+    """The backend object name of a pack: `packs/<2 hex>/<id>`."""
+    return f"packs/{pack_id[:2]}/{pack_id}"
+
+
+def pack_id_from_name(name: str) -> str:
+    return name.rsplit("/", 1)[-1]
+
+
+@dataclass
+class FinishedPack:
+    pack_id: str
+    data: bytes
+    entries: list[PackEntry]
+
+
+class PackWriter:
+    """Accumulates sealed blobs in memory until the pack is big enough."""
+
+    def __init__(self, data_key: bytes, level: int = ZSTD_LEVEL):
+        self._key = data_key
+        self._buf = bytearray()
+        self._entries: list[PackEntry] = []
+        self._zstd = zstandard.ZstdCompressor(level=level)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def size(self) -> int:
+        return len(self._buf)
+
+    def add(self, ref: BlobRef, raw, kind: int) -> PackEntry:
+        """Compress if it helps, seal, append; returns the new entry."""
+        compressed = self._zstd.compress(raw)
+        if len(compressed) < len(raw):
+            payload, compression = compressed, COMPRESSION_ZSTD
+        else:
+            payload, compression = raw, COMPRESSION_NONE
+        sealed = crypto.seal(self._key, payload, ref.to_key())
+        entry = PackEntry(ref, kind, compression, len(self._buf), len(sealed), len(raw))
+        self._buf += sealed
+        self._entries.append(entry)
+        return entry
+
+    def finish(self) -> FinishedPack:
+        """Append the sealed header and trailer; name the pack by its hash."""
+        header = crypto.seal(self._key, encode_header(self._entries), HEADER_AD)
+        self._buf += header
+        self._buf += _TRAILER.pack(len(header))
+        data = bytes(self._buf)
+        pack = FinishedPack(hashlib.sha256(data).hexdigest(), data, self._entries)
+        self._buf = bytearray()
+        self._entries = []
+        return pack
+
+
+def encode_header(entries: list[PackEntry]) -> bytes:
+    out = bytearray(struct.pack("<BI", HEADER_VERSION, len(entries)))
+    for e in entries:
+        key = e.ref.to_key()
+        out += bytes([len(key)]) + key
+        out += _ENTRY_FIXED.pack(e.kind, e.compression, e.offset, e.length, e.raw_length)
+    return bytes(out)
+
+
+def decode_header(data: bytes) -> list[PackEntry]:
+    try:
+        version, count = struct.unpack_from("<BI", data, 0)
+        if version != HEADER_VERSION:
+            raise IntegrityError(f"pack header version {version} is not supported")
+        pos, entries = 5, []
+        for _ in range(count):
+            klen = data[pos]
+            ref = BlobRef.from_key(data[pos + 1:pos + 1 + klen])
+            pos += 1 + klen
+            fields = _ENTRY_FIXED.unpack_from(data, pos)
+            pos += _ENTRY_FIXED.size
+            entries.append(PackEntry(ref, *fields))
+    except (struct.error, IndexError, KeyError, ValueError):
+        raise IntegrityError("pack header is malformed") from None
+    if pos != len(data):
+        raise IntegrityError("pack header has trailing bytes")
+    return entries
+
+
+def read_header(data_key: bytes, load: Callable[[int, int | None], bytes], size: int,
+                name: str = "pack") -> list[PackEntry]:
+    """Read a pack's header through `load(offset, length)` (two reads at most)."""
+    if size < _TRAILER.size + crypto.SEAL_OVERHEAD:
+        raise IntegrityError(f"{name} is too short to be a pack")
+    tail = load(max(0, size - TAIL_READ), None)
+    if len(tail) != min(size, TAIL_READ):
+        raise IntegrityError(f"{name} changed size while being read")
+    (hlen,) = _TRAILER.unpack(tail[-_TRAILER.size:])
+    if hlen + _TRAILER.size > size:
+        raise IntegrityError(f"{name} has a header length beyond its size")
+    if hlen + _TRAILER.size <= len(tail):
+        sealed = tail[-_TRAILER.size - hlen:-_TRAILER.size]
+    else:
+        sealed = load(size - _TRAILER.size - hlen, hlen)
+    entries = decode_header(crypto.unseal(data_key, sealed, HEADER_AD, f"header of {name}"))
+    header_start = size - _TRAILER.size - hlen
+    for e in entries:
+        if e.offset + e.length > header_start:
+            raise IntegrityError(f"{name} header points past the blob area")
+    return entries
+
+
+def open_blob(data_key: bytes, entry: PackEntry, sealed) -> bytes:
+    """Decrypt and decompress one blob; the caller checks it against its ref."""
+    payload = crypto.unseal(data_key, sealed, entry.ref.to_key(), f"blob {entry.ref}")
+    if entry.compression == COMPRESSION_ZSTD:
+        try:
+            return zstandard.ZstdDecompressor().decompress(payload, max_output_size=entry.raw_length)
+        except zstandard.ZstdError:
+            raise IntegrityError(f"blob {entry.ref} does not decompress") from None
+    if entry.compression != COMPRESSION_NONE:
+        raise IntegrityError(f"blob {entry.ref} has unknown compression {entry.compression}")
+    return payload
+
+
+def pack_data_size(entries: list[PackEntry]) -> int:
+    """Bytes the blobs take in the pack, headers excluded."""
+    return sum(e.length for e in entries)

@@ -1,0 +1,30 @@
+"""How long-running work reports progress without printing.
+
+Library code calls `progress.start(...)`, `advance(...)` and `finish()` on
+an object it was given; the CLI passes one that drives a tqdm bar, scripts
+and tests pass nothing and get `NO_PROGRESS`.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class Progress(Protocol):
+    def start(self, task: str, total: int | None = None, unit: str = "it") -> None: ...
+    def advance(self, amount: int = 1) -> None: ...
+    def finish(self) -> None: ...
+
+
+class _NoProgress:
+    def start(self, task: str, total: int | None = None, unit: str = "it") -> None:
+        pass
+
+    def advance(self, amount: int = 1) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+NO_PROGRESS: Progress = _NoProgress()

@@ -91,6 +91,7 @@ class SyncReport:
     packs_added: int = 0
     packs_dropped: int = 0
     blobs_added: int = 0
+    damaged: dict[str, str] = field(default_factory=dict)  # pack id -> why unreadable
 
 
 class Repository:
@@ -141,6 +142,11 @@ class Repository:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    @property
+    def master_key(self) -> bytes:
+        """For wrapping in a new key slot only; everything else uses subkeys."""
+        return self._master
 
     def subkey(self, purpose: str) -> bytes:
         """A key derived from the master key for one purpose other than packs."""
@@ -285,13 +291,17 @@ class Repository:
         if new:
             progress.start("index", len(new), "packs")
             for pack_id in new:
-                entries = self.read_pack_header(pack_id, present[pack_id])
-                self.index.add_pack(pack_id, present[pack_id], entries)
-                report.blobs_added += len(entries)
+                try:
+                    entries = self.read_pack_header(pack_id, present[pack_id])
+                except (IntegrityError, BackendError) as e:
+                    report.damaged[pack_id] = str(e)  # left for `check` to report
+                else:
+                    self.index.add_pack(pack_id, present[pack_id], entries)
+                    report.blobs_added += len(entries)
+                    report.packs_added += 1
                 progress.advance()
             self.index.flush()
             progress.finish()
-        report.packs_added = len(new)
         return report
 
     def reindex(self, progress: Progress = NO_PROGRESS) -> SyncReport:

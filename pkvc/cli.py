@@ -1,0 +1,314 @@
+"""The command line: parse, gather secrets, call `api`, render, map errors.
+
+This is the only module that prints, reads the environment, or knows typer
+and tqdm. Every `PkvcError` ends as one line on stderr and its exit code.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import shlex
+import subprocess
+import sys
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from tqdm import tqdm
+
+from pkvc import api
+from pkvc.errors import (EXIT_CODES, EXIT_INTERRUPTED, EXIT_USAGE, PkvcError, UsageError)
+
+_EXIT_TABLE = "\b\n" + "\n".join(f"{code:>3}  {meaning}" for code, meaning in EXIT_CODES.items())
+
+app = typer.Typer(
+    name="pkvc", no_args_is_help=True, add_completion=True, rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+    help="Git-style versioned backups on Perkeep's data model.",
+    epilog=f"Exit codes:\n\n{_EXIT_TABLE}",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+key_app = typer.Typer(help="Manage the passwords (key slots) that open the repository.",
+                      no_args_is_help=True)
+app.add_typer(key_app, name="key")
+
+
+class Options:
+    """Global options, available on every command."""
+
+    def __init__(self, repo: str | None, as_json: bool, quiet: bool):
+        self.repo = repo
+        self.as_json = as_json
+        self.quiet = quiet
+
+
+@app.callback()
+def _global_options(
+    ctx: typer.Context,
+    repo: Optional[str] = typer.Option(None, "--repo", "-r", envvar="PKVC_REPOSITORY",
+                                       help="Repository URL or local path."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress and no chatter."),
+):
+    ctx.obj = Options(repo, as_json, quiet)
+
+
+# -- secrets, paths and output ----------------------------------------------
+
+def _strip_newline(data: bytes) -> bytes:
+    return data[:-2] if data.endswith(b"\r\n") else data[:-1] if data.endswith(b"\n") else data
+
+
+def _password_from_environment() -> bytes | None:
+    if path := os.environ.get("PKVC_PASSWORD_FILE"):
+        try:
+            return _strip_newline(Path(path).expanduser().read_bytes())
+        except OSError as e:
+            raise UsageError(f"cannot read PKVC_PASSWORD_FILE {path}: {e.strerror}") from None
+    if command := os.environ.get("PKVC_PASSWORD_COMMAND"):
+        try:
+            done = subprocess.run(shlex.split(command), capture_output=True, check=False)
+        except OSError as e:
+            raise UsageError(f"PKVC_PASSWORD_COMMAND failed to start: {e.strerror}") from None
+        if done.returncode != 0:
+            raise UsageError(f"PKVC_PASSWORD_COMMAND exited with status {done.returncode}")
+        return _strip_newline(done.stdout)
+    if "PKVC_PASSWORD" in os.environ:
+        return os.environ["PKVC_PASSWORD"].encode()
+    return None
+
+
+def _prompt_password(prompt: str, confirm: bool) -> bytes:
+    try:
+        first = getpass.getpass(f"{prompt}: ")
+        if confirm and getpass.getpass(f"{prompt} again: ") != first:
+            raise UsageError("the passwords do not match")
+    except (EOFError, OSError):
+        raise UsageError("no password given: set PKVC_PASSWORD_FILE, PKVC_PASSWORD_COMMAND "
+                         "or PKVC_PASSWORD, or run in a terminal") from None
+    if not first:
+        raise UsageError("an empty password is not allowed")
+    return first.encode()
+
+
+def _repository_password(confirm: bool = False) -> bytes:
+    password = _password_from_environment()
+    if password is None:
+        password = _prompt_password("enter repository password", confirm)
+    if not password:
+        raise UsageError("an empty password is not allowed")
+    return password
+
+
+def _new_password(password_file: Optional[Path]) -> bytes:
+    if password_file is not None:
+        try:
+            password = _strip_newline(password_file.read_bytes())
+        except OSError as e:
+            raise UsageError(f"cannot read {password_file}: {e.strerror}") from None
+        if not password:
+            raise UsageError(f"{password_file} holds an empty password")
+        return password
+    return _prompt_password("enter new password", confirm=True)
+
+
+def _cache_dir() -> Path:
+    if path := os.environ.get("PKVC_CACHE_DIR"):
+        return Path(path).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "pkvc"
+
+
+def _session(ctx: typer.Context, confirm: bool = False) -> api.Session:
+    opts: Options = ctx.obj
+    if not opts.repo:
+        raise UsageError("no repository given: use -r/--repo or set PKVC_REPOSITORY")
+    return api.Session(opts.repo, _repository_password(confirm), _cache_dir())
+
+
+class TqdmProgress:
+    """Drives one tqdm bar per task on stderr, only for a human at a terminal."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self._bar: tqdm | None = None
+
+    def start(self, task: str, total: int | None = None, unit: str = "it") -> None:
+        self.finish()
+        if self.enabled:
+            self._bar = tqdm(total=total, desc=task, unit=unit, unit_scale=unit == "B",
+                             file=sys.stderr, leave=False, dynamic_ncols=True)
+
+    def advance(self, amount: int = 1) -> None:
+        if self._bar is not None:
+            self._bar.update(amount)
+
+    def finish(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def _progress(ctx: typer.Context) -> TqdmProgress:
+    opts: Options = ctx.obj
+    return TqdmProgress(not opts.quiet and not opts.as_json and sys.stderr.isatty())
+
+
+def _jsonable(value):
+    if is_dataclass(value):
+        return {k: _jsonable(v) for k, v in asdict(value).items()}
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def _emit(ctx: typer.Context, data, text: str | None = None) -> None:
+    """JSON on stdout under --json; otherwise `text` unless --quiet."""
+    opts: Options = ctx.obj
+    if opts.as_json:
+        typer.echo(json.dumps(_jsonable(data), indent=2, sort_keys=True))
+    elif text is not None and not opts.quiet:
+        typer.echo(text)
+
+
+def _open(ctx: typer.Context):
+    return api.open_repo(_session(ctx), _progress(ctx))
+
+
+# -- repository and keys -----------------------------------------------------
+
+@app.command()
+def init(ctx: typer.Context):
+    """Create a new, empty repository."""
+    session = _session(ctx, confirm=True)
+    with api.init(session) as repo:
+        _emit(ctx, {"id": repo.config.id, "location": repo.backend.location, "key": repo.slot_id},
+              f"created repository {repo.config.id} at {repo.backend.location}")
+
+
+@key_app.command("list")
+def key_list(ctx: typer.Context):
+    """List key slots; * marks the one that opened the repository."""
+    with _open(ctx) as repo:
+        slots = api.key_list(repo)
+        rows = [f"{'*' if s.id == repo.slot_id else ' '} {s.id}  {s.created}  {s.host}" for s in slots]
+        _emit(ctx, [dict(_jsonable(s), current=s.id == repo.slot_id) for s in slots], "\n".join(rows))
+
+
+@key_app.command("add")
+def key_add(ctx: typer.Context,
+            new_password_file: Optional[Path] = typer.Option(
+                None, help="Read the new password from this file instead of prompting.")):
+    """Add another password that opens the repository."""
+    with _open(ctx) as repo:
+        slot_id = api.key_add(repo, _new_password(new_password_file))
+        _emit(ctx, {"id": slot_id}, f"added key slot {slot_id}")
+
+
+@key_app.command("remove")
+def key_remove(ctx: typer.Context, slot_id: str = typer.Argument(..., help="Slot id or unique prefix.")):
+    """Remove a key slot (never the last one)."""
+    with _open(ctx) as repo:
+        api.key_remove(repo, slot_id)
+        _emit(ctx, {"removed": slot_id}, f"removed key slot {slot_id}")
+
+
+@key_app.command("passwd")
+def key_passwd(ctx: typer.Context,
+               new_password_file: Optional[Path] = typer.Option(
+                   None, help="Read the new password from this file instead of prompting.")):
+    """Change the password that opened the repository."""
+    with _open(ctx) as repo:
+        slot_id = api.key_passwd(repo, _new_password(new_password_file))
+        _emit(ctx, {"id": slot_id, "removed": repo.slot_id},
+              f"password changed: key slot {slot_id} replaces {repo.slot_id}")
+
+
+# -- plumbing ------------------------------------------------------------------
+
+@app.command()
+def check(ctx: typer.Context,
+          read_data: bool = typer.Option(False, "--read-data",
+                                         help="Also decrypt and hash every blob.")):
+    """Verify packs, index and references; never modifies anything."""
+    with _open(ctx) as repo:
+        report = api.check(repo, read_data, _progress(ctx))
+    _emit(ctx, dict(_jsonable(report), ok=report.ok),
+          f"{report.packs} packs, {report.blobs} blobs checked"
+          + (f", {report.bytes_read} bytes read" if read_data else "")
+          + (": no errors" if report.ok else f": {len(report.problems)} problems"))
+    if not report.ok:
+        if not ctx.obj.as_json:
+            for problem in report.problems:
+                typer.echo(f"damaged: {problem}", err=True)
+        raise PkvcError(f"check found {len(report.problems)} problems")
+
+
+@app.command()
+def reindex(ctx: typer.Context):
+    """Rebuild the local index from the pack headers."""
+    with _open(ctx) as repo:
+        report = api.reindex(repo, _progress(ctx))
+    _emit(ctx, report, f"indexed {report.blobs_added} blobs from {report.packs_added} packs"
+          + (f"; {len(report.damaged)} damaged packs skipped (run check)" if report.damaged else ""))
+
+
+# -- entry point ---------------------------------------------------------------
+
+_GLOBAL_FLAGS = {"--json", "--quiet", "-q"}
+_GLOBAL_VALUED = {"--repo", "-r"}
+
+
+def hoist_global_options(argv: list[str]) -> list[str]:
+    """Let global options appear anywhere before `--`, as restic allows."""
+    front, rest, i = [], [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            rest.extend(argv[i:])
+            break
+        if arg in _GLOBAL_FLAGS or arg.startswith("--repo="):
+            front.append(arg)
+        elif arg in _GLOBAL_VALUED and i + 1 < len(argv):
+            front.extend(argv[i:i + 2])
+            i += 1
+        else:
+            rest.append(arg)
+        i += 1
+    return front + rest
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = hoist_global_options(list(sys.argv[1:] if argv is None else argv))
+    command = typer.main.get_command(app)
+    try:
+        command.main(args, prog_name="pkvc", standalone_mode=False)
+    except PkvcError as e:
+        typer.echo(f"pkvc: {e}", err=True)
+        return _exit(e.exit_code, argv)
+    except typer.Exit as e:
+        return _exit(e.exit_code, argv)
+    except typer.TyperException as e:  # click's usage errors, vendored by typer
+        e.show()
+        return _exit(getattr(e, "exit_code", EXIT_USAGE), argv)
+    except (KeyboardInterrupt, typer.Abort):
+        typer.echo("pkvc: interrupted", err=True)
+        return _exit(EXIT_INTERRUPTED, argv)
+    except BrokenPipeError:
+        return _exit(0, argv)
+    return _exit(0, argv)
+
+
+def _exit(code: int, argv) -> int:
+    if argv is None:
+        sys.exit(code)
+    return code

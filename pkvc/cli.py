@@ -82,6 +82,9 @@ def _password_from_environment() -> bytes | None:
 
 
 def _prompt_password(prompt: str, confirm: bool) -> bytes:
+    if not sys.stdin.isatty():
+        raise UsageError("no password given: set PKVC_PASSWORD_FILE, PKVC_PASSWORD_COMMAND "
+                         "or PKVC_PASSWORD, or run in a terminal")
     try:
         first = getpass.getpass(f"{prompt}: ")
         if confirm and getpass.getpass(f"{prompt} again: ") != first:

@@ -118,7 +118,7 @@ class Repository:
                ) -> "Repository":
         if backend.is_initialized():
             raise RepositoryExistsError(f"a repository already exists at {backend.location}")
-        backend.create()
+        backend.create(folders=("keys", "packs"))
         config = Config(uuid.uuid4().hex, chunker=chunker, pack_size=pack_size)
         master = crypto.random_key()
         slot_id = keyslots.add_slot(backend, master, password, config.id)

@@ -14,7 +14,7 @@ from pkvc.backends.local import LocalBackend
 from pkvc.pack import KIND_DATA, KIND_SCHEMA, KIND_SIGNED
 from pkvc.repo import Repository, sniff_kind
 
-from conftest import PASSWORD
+PASSWORD = b"correct horse battery staple"  # as in conftest.py
 
 
 def _pack_files(repo_path):

@@ -65,8 +65,8 @@ class Backend(ABC):
         """Whether this location holds a repository (has a `config`)."""
 
     @abstractmethod
-    def create(self) -> None:
-        """Prepare an empty location for a new repository."""
+    def create(self, folders: tuple[str, ...] = ()) -> None:
+        """Prepare an empty location; make `folders` where the store has folders."""
 
     def close(self) -> None:
         """Release connections; local backends have none."""

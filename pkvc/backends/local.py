@@ -106,13 +106,15 @@ class LocalBackend(Backend):
     def is_initialized(self) -> bool:
         return (self.root / "config").is_file()
 
-    def create(self) -> None:
+    def create(self, folders: tuple[str, ...] = ()) -> None:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             if any(self.root.iterdir()):
                 raise NoRepositoryError(
                     f"{self.location} is not empty and holds no pkvc repository; "
                     "choose an empty or new directory")
+            for folder in folders:
+                (self.root / validate_name(folder)).mkdir()
         except OSError as e:
             raise BackendError(f"cannot create {self.location}: {e.strerror}") from e
 

@@ -35,6 +35,7 @@ FLUSH_EVERY = 20_000
 _BLOB = b"b"  # b + ref key -> location
 _PACK = b"p"  # p + pack id (32 bytes) -> size, blob count
 _META_VERSION = b"m:version"
+_TABLE = b"t"  # t + table name + NUL + key -> value: derived data kept by higher layers
 _LOCATION = struct.Struct("<32sBBQII")  # pack id, kind, compression, offset, length, raw length
 _PACKINFO = struct.Struct("<QI")
 
@@ -168,6 +169,27 @@ class Index:
                 break
             yield key, it.value()
             it.next()
+
+    # -- tables for higher layers ---------------------------------------
+
+    def table_get(self, table: bytes, key: bytes) -> bytes | None:
+        full = _TABLE + table + b"\0" + key
+        if full in self._pending:
+            return self._pending[full]
+        return self._reader.get(full)
+
+    def table_put(self, table: bytes, key: bytes, value: bytes | None) -> None:
+        """Set (or with None, delete) a row; buffered like every write."""
+        self._pending[_TABLE + table + b"\0" + key] = value
+        if len(self._pending) >= FLUSH_EVERY:
+            self.flush()
+
+    def table_scan(self, table: bytes, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        """Rows whose key starts with `prefix`, in key order (pending writes flushed first)."""
+        self.flush()
+        head = _TABLE + table + b"\0"
+        for key, value in self._scan(head + prefix):
+            yield key[len(head):], value
 
     # -- writing -------------------------------------------------------
 

@@ -257,6 +257,14 @@ class Repository:
 
     # -- the index as a cache -----------------------------------------
 
+    def cache_table(self, name: str) -> "CacheTable":
+        """A key-value table in the local index for data derived from blobs.
+
+        Like the index it is a cache: `reindex` empties it, and its owner
+        must be able to rebuild it from the blobs.
+        """
+        return CacheTable(self.index, name.encode())
+
     def _open_index(self) -> Index:
         try:
             return Index(self._index_dir)
@@ -311,6 +319,29 @@ class Repository:
         shutil.rmtree(self._index_dir, ignore_errors=True)
         self.index = Index(self._index_dir)
         return self.sync_index(progress)
+
+
+class CacheTable:
+    """One named table of the index cache (see Repository.cache_table)."""
+
+    def __init__(self, index: Index, name: bytes):
+        self._index = index
+        self._name = name
+
+    def get(self, key: bytes) -> bytes | None:
+        return self._index.table_get(self._name, key)
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self._index.table_put(self._name, key, value)
+
+    def delete(self, key: bytes) -> None:
+        self._index.table_put(self._name, key, None)
+
+    def scan(self, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        return self._index.table_scan(self._name, prefix)
+
+    def flush(self) -> None:
+        self._index.flush()
 
 
 def read_config(backend: Backend) -> Config:

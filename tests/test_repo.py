@@ -164,3 +164,16 @@ def test_concurrent_processes_share_one_index(repo, repo_path, cache_dir, reopen
     repo.close()
     r = reopen()
     assert sum(1 for _ in r.enumerate()) == 81
+
+
+def test_cache_tables_are_separate_and_emptied_by_reindex(repo):
+    a, b = repo.cache_table("a"), repo.cache_table("ab")
+    a.put(b"k1", b"v1")
+    a.put(b"k2", b"v2")
+    b.put(b"k1", b"other")
+    assert a.get(b"k1") == b"v1" and b.get(b"k1") == b"other"
+    assert list(a.scan()) == [(b"k1", b"v1"), (b"k2", b"v2")]
+    a.delete(b"k1")
+    assert a.get(b"k1") is None and list(a.scan(b"k")) == [(b"k2", b"v2")]
+    repo.reindex()
+    assert list(repo.cache_table("a").scan()) == []

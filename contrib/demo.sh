@@ -23,7 +23,7 @@ printf '\n$ pkvc put %s\n%s\n' "$DEMO/data" "$ref"
 step "$PKVC" put "$DEMO/data"            # the same tree again: no new pack data
 step "$PKVC" describe "$ref"
 step "$PKVC" get "$ref" --output "$DEMO/restored"
-step diff -r "$DEMO/data" "$DEMO/restored/data"
+step diff -r "$DEMO/data" "$DEMO/restored"
 echo "(restored tree is identical)"
 step "$PKVC" check --read-data
 step "$PKVC" key list

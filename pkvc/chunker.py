@@ -1,0 +1,195 @@
+"""Cutting file content into blobs: FastCDC chunks, and holes for sparse files.
+
+Content-defined chunking (the `fastcdc` package) puts cut points where the
+content says, so an insertion early in a file changes only nearby chunks
+and the rest deduplicate. Defaults: min 256 KiB, average 1 MiB, max 4 MiB;
+a file smaller than the minimum is one chunk. The repository config
+carries the parameters; any object with `min_size`/`avg_size`/`max_size`
+works here.
+
+Memory stays bounded: data is read with `pread` into a window of a few
+max-sizes, and a chunk is only emitted once `max_size` bytes after its start
+are in the window (or the data ended), so the cut points are exactly those
+FastCDC finds on the whole file. No mmap: a file truncated while mapped
+would kill the process with SIGBUS.
+
+Sparse files: `SEEK_DATA`/`SEEK_HOLE` find the data extents; gaps of at
+least `hole_min` (64 KiB) become hole pieces (no data), smaller gaps are
+read as zeros. Each data extent is chunked on its own.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from fastcdc import fastcdc
+
+KiB, MiB = 1024, 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ChunkerParams:
+    min_size: int = 256 * KiB
+    avg_size: int = 1 * MiB
+    max_size: int = 4 * MiB
+    hole_min: int = 64 * KiB
+
+    def __post_init__(self):
+        if not (64 <= self.min_size <= self.avg_size <= self.max_size):
+            raise ValueError("chunk sizes must satisfy 64 <= min <= avg <= max")
+        if self.avg_size < 256 or self.max_size < 1024:
+            raise ValueError("FastCDC needs avg >= 256 and max >= 1024 bytes")
+
+
+DEFAULT_PARAMS = ChunkerParams()
+
+
+@dataclass(frozen=True)
+class Piece:
+    """`size` bytes at `offset`: a chunk (`data`) or a hole (`data` None)."""
+
+    offset: int
+    size: int
+    data: bytes | None
+
+    @property
+    def is_hole(self) -> bool:
+        return self.data is None
+
+
+def chunk_bytes(data, params=DEFAULT_PARAMS) -> Iterator[Piece]:
+    """Chunks of an in-memory buffer."""
+    view = memoryview(data)
+    if not len(view):
+        return
+    for c in fastcdc(view, params.min_size, params.avg_size, params.max_size):
+        yield Piece(c.offset, c.length, bytes(view[c.offset:c.offset + c.length]))
+
+
+def chunk_stream(read: Callable[[int], bytes], params=DEFAULT_PARAMS) -> Iterator[Piece]:
+    """Chunks of a stream, given its `read(n)` (b"" at the end)."""
+    yield from _chunk_reads(read, 0, params)
+
+
+def chunk_fd(fd: int, params=DEFAULT_PARAMS, sparse: bool = True) -> Iterator[Piece]:
+    """Chunks and holes of an open regular file, in order, covering it.
+
+    Reads until end of file; if the file shrinks while being read, the
+    pieces stop where its data stopped.
+    """
+    size = os.fstat(fd).st_size
+    extents = data_extents(fd, size, getattr(params, "hole_min", DEFAULT_PARAMS.hole_min)) \
+        if sparse else [(0, size)]
+    pos = 0
+    for i, (start, end) in enumerate(extents):
+        if start > pos:
+            yield Piece(pos, start - pos, None)
+        last = i == len(extents) - 1 and end == size
+        reader = _RangeReader(fd, start, None if last else end)
+        yield from _chunk_reads(reader.read, start, params)
+        if reader.pos < end:
+            return  # the file shrank under us: stop at its data
+        pos = reader.pos
+    if pos < size:
+        yield Piece(pos, size - pos, None)
+
+
+def data_extents(fd: int, size: int, hole_min: int = DEFAULT_PARAMS.hole_min) -> list[tuple[int, int]]:
+    """[(start, end)] of data worth reading; gaps >= hole_min are holes."""
+    st = os.fstat(fd)
+    if size == 0:
+        return []
+    if st.st_blocks * 512 >= size or not hasattr(os, "SEEK_DATA"):
+        return [(0, size)]
+    here = os.lseek(fd, 0, os.SEEK_CUR)
+    try:
+        raw = _seek_extents(fd, size)
+    except OSError as e:
+        if e.errno in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
+            return [(0, size)]  # file system cannot tell us: read it all
+        raise
+    finally:
+        os.lseek(fd, here, os.SEEK_SET)
+    return _merge_small_gaps(raw, size, hole_min)
+
+
+def _seek_extents(fd: int, size: int) -> list[tuple[int, int]]:
+    extents, pos = [], 0
+    while pos < size:
+        try:
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno == errno.ENXIO:
+                break  # only a hole remains
+            raise
+        if start >= size:
+            break
+        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+        extents.append((start, end))
+        pos = end
+    return extents
+
+
+def _merge_small_gaps(extents, size: int, hole_min: int) -> list[tuple[int, int]]:
+    """Absorb gaps smaller than hole_min (also at the start and end) into data."""
+    bounded = [(0, 0)] + list(extents) + [(size, size)]
+    merged: list[list[int]] = []
+    for start, end in bounded:
+        if merged and start - merged[-1][1] < hole_min:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return [(s, e) for s, e in merged if e > s]
+
+
+class _RangeReader:
+    """`read(n)` over [start, end) of a file by pread; end None means EOF."""
+
+    def __init__(self, fd: int, start: int, end: int | None):
+        self.fd, self.pos, self.end = fd, start, end
+
+    def read(self, n: int) -> bytes:
+        if self.end is not None:
+            n = min(n, self.end - self.pos)
+        if n <= 0:
+            return b""
+        data = os.pread(self.fd, n, self.pos)
+        self.pos += len(data)
+        return data
+
+
+def _chunk_reads(read: Callable[[int], bytes], base: int, params) -> Iterator[Piece]:
+    """FastCDC over a bounded sliding window of `read` results."""
+    window = 2 * params.max_size  # >= max_size more than a chunk: always progress
+    buf, done = bytearray(), False
+    while True:
+        while not done and len(buf) < window:
+            data = read(window - len(buf))
+            if not data:
+                done = True
+            buf += data
+        cuts = _cut_points(buf, params, done)
+        consumed = 0
+        for offset, length in cuts:
+            yield Piece(base + offset, length, bytes(buf[offset:offset + length]))
+            consumed = offset + length
+        del buf[:consumed]
+        base += consumed
+        if done and not buf:
+            return
+
+
+def _cut_points(buf: bytearray, params, final: bool) -> list[tuple[int, int]]:
+    """Chunks whose end is certain: max_size bytes follow their start, or no more data."""
+    cuts = []
+    if not buf:
+        return cuts
+    with memoryview(buf) as view:
+        for c in fastcdc(view, params.min_size, params.avg_size, params.max_size):
+            if not final and len(buf) - c.offset < params.max_size:
+                break
+            cuts.append((c.offset, c.length))
+    return cuts

@@ -1,0 +1,471 @@
+"""Writing schema blobs back out as files, and streaming a file's bytes.
+
+Blobs may come from anyone who could write to the repository, so restore
+treats names as hostile: a name that is empty, ".", "..", or holds "/" or
+NUL, two entries with one name in a directory, a directory that contains
+itself, or a child that is not a file-system node raise SchemaError naming
+the entry, before anything of that directory is written. Every create is
+relative to an open directory fd, with O_NOFOLLOW / O_EXCL / mkdirat /
+symlinkat, so no symlink, whether restored a moment ago or already in the
+destination, is ever followed: nothing is written outside `dest_dir`.
+
+Order: contents first, then mode and mtime of each file; a directory's
+owner, mode and mtime when all of it is done (deepest first), so writing
+children cannot disturb them and a read-only directory can still be filled.
+Ownership is set only when running as root, to ids that exist here (owner
+name first, as Perkeep's MapUid does); failures there are ignored. Holes
+stay holes (seek past them, truncate to size). Files sharing a
+`pkvcLinkGroup` are hard-linked to the first one restored.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import stat as statmod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from pkvc.blobref import BlobRef
+from pkvc.errors import PkvcError, SchemaError
+from pkvc.schema.anyblob import parse_blob
+from pkvc.schema.fsnodes import DirectoryBlob, FileBlob, SpecialBlob, SymlinkBlob
+from pkvc.schema.names import name_problem
+from pkvc.schema.parts import BytesBlob
+from pkvc.schema.staticset import StaticSetBlob
+
+MAX_BYTES_DEPTH = 32      # nesting of bytes blobs; pkvc's own files need ~3
+MAX_SET_DEPTH = 8         # nesting of mergeSets; Perkeep's rule needs 2 for 10^8 entries
+STREAM_BLOCK = 1 << 20    # holes are streamed as zeros in blocks of this size
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_NODE_TYPES = (FileBlob, DirectoryBlob, SymlinkBlob, SpecialBlob)
+Node = FileBlob | DirectoryBlob | SymlinkBlob | SpecialBlob
+
+
+class BlobSource(Protocol):
+    def get(self, ref: BlobRef) -> bytes:
+        """The blob's bytes, already checked against `ref`."""
+
+
+@dataclass(frozen=True)
+class BytesWritten:
+    path: str
+    n: int
+
+
+@dataclass(frozen=True)
+class EntryRestored:
+    path: str
+    kind: str
+
+
+@dataclass(frozen=True)
+class EntryNotRestored:
+    path: str
+    message: str
+
+
+@dataclass
+class RestoreResult:
+    files: int = 0
+    dirs: int = 0
+    symlinks: int = 0
+    specials: int = 0
+    hardlinks: int = 0
+    bytes_written: int = 0
+    errors: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # on purpose: sockets
+
+
+# -- reading file content ----------------------------------------------------
+
+def iter_file_pieces(blob: "FileBlob | BytesBlob", source: BlobSource) -> Iterator[tuple[int, memoryview | None]]:
+    """(size, data) runs of a file's content in order; data None is a hole."""
+    yield from _pieces(blob.parts, source, 0, blob.size, 0, frozenset())
+
+
+def iter_file_bytes(ref: BlobRef, source: BlobSource, block: int = STREAM_BLOCK) -> Iterator[bytes]:
+    """A `file` or `bytes` blob's content as byte strings (holes as zeros)."""
+    blob = parse_blob(source.get(ref))
+    if not isinstance(blob, (FileBlob, BytesBlob)):
+        raise SchemaError(f"{ref} is a {blob.camli_type}, not a file")
+    for size, data in iter_file_pieces(blob, source):
+        if data is not None:
+            yield bytes(data)
+            continue
+        while size > 0:
+            n = min(size, block)
+            yield bytes(n)
+            size -= n
+
+
+def read_file_bytes(ref: BlobRef, source: BlobSource) -> bytes:
+    """All of a small file's content (use iter_file_bytes for big ones)."""
+    return b"".join(iter_file_bytes(ref, source))
+
+
+def _pieces(parts, source, skip: int, take: int, depth: int, seen: frozenset):
+    for part in parts:
+        if take <= 0:
+            return
+        if skip >= part.size:
+            skip -= part.size
+            continue
+        n = min(part.size - skip, take)
+        if part.is_hole:
+            yield n, None
+        elif part.blob_ref is not None:
+            yield n, _slice(source.get(part.blob_ref), part.blob_ref, part.offset + skip, n)
+        else:
+            yield from _nested(part.bytes_ref, source, part.offset + skip, n, depth, seen)
+        take -= n
+        skip = 0
+
+
+def _slice(data: bytes, ref: BlobRef, start: int, n: int) -> memoryview:
+    if start + n > len(data):
+        raise SchemaError(f"a part wants bytes {start}..{start + n} of {ref}, which has {len(data)}")
+    return memoryview(data)[start:start + n]
+
+
+def _nested(ref: BlobRef, source, skip: int, take: int, depth: int, seen: frozenset):
+    if depth >= MAX_BYTES_DEPTH or ref in seen:
+        raise SchemaError(f"bytes blob {ref} nests too deep or contains itself")
+    sub = parse_blob(source.get(ref))
+    if not isinstance(sub, BytesBlob):
+        raise SchemaError(f"bytesRef {ref} is a {sub.camli_type}, not bytes")
+    got = 0
+    for n, data in _pieces(sub.parts, source, skip, take, depth + 1, seen | {ref}):
+        got += n
+        yield n, data
+    if got != take:
+        raise SchemaError(f"bytes blob {ref} is shorter than the part that uses it")
+
+
+# -- restoring trees -------------------------------------------------------------
+
+def restore(ref: BlobRef, dest_dir, source: BlobSource, progress: Callable | None = None, *,
+            name: bytes | str | None = None, overwrite: bool = False) -> RestoreResult:
+    """Restore `ref` into `dest_dir`: a directory's contents, or the one node.
+
+    `name` overrides a single node's file name. Existing directories are
+    merged into; other existing entries are replaced only with `overwrite`.
+    Per-entry I/O failures are listed in `RestoreResult.errors`; hostile or
+    malformed blobs raise SchemaError.
+    """
+    return _Restorer(source, progress, overwrite).run(ref, os.fsencode(os.fspath(dest_dir)),
+                                                      os.fsencode(name) if name is not None else None)
+
+
+@dataclass
+class _DirFrame:
+    fd: int
+    path: bytes
+    rel: tuple[bytes, ...]
+    blob: DirectoryBlob | None          # None: dest_dir that existed, leave its metadata
+    ref: BlobRef | None
+    entries: list[tuple[bytes, BlobRef, Node]]
+    next: int = 0
+
+
+class _Restorer:
+    def __init__(self, source: BlobSource, progress, overwrite: bool):
+        self.source, self.progress, self.overwrite = source, progress, overwrite
+        self.result = RestoreResult()
+        self.links: dict[str, tuple[tuple[bytes, ...], bytes]] = {}
+        self.root_fd = -1
+        self.as_root = os.geteuid() == 0
+
+    def run(self, ref: BlobRef, dest: bytes, name: bytes | None) -> RestoreResult:
+        blob = self._node(ref, dest)
+        entries = self._listing(blob, ref, dest) if isinstance(blob, DirectoryBlob) else None
+        if entries is None:
+            name = self._top_name(blob, ref, name)
+        created = not os.path.lexists(dest)
+        try:
+            if created:
+                os.makedirs(dest)
+            self.root_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as e:
+            raise PkvcError(f"cannot restore into {os.fsdecode(dest)}: {e.strerror}") from None
+        try:
+            if entries is not None:
+                self._walk(_DirFrame(self.root_fd, dest, (), blob if created else None, ref, entries))
+            else:
+                self._place_top(blob, ref, dest, name)
+        finally:
+            os.close(self.root_fd)
+        return self.result
+
+    @staticmethod
+    def _top_name(blob: Node, ref: BlobRef, name: bytes | None) -> bytes:
+        name = name if name is not None else blob.name
+        problem = name_problem(name)
+        if problem:
+            raise SchemaError(f"{blob.camli_type} {ref} cannot be restored by name {name!r}: {problem}")
+        return name
+
+    def _place_top(self, blob: Node, ref: BlobRef, dest: bytes, name: bytes) -> None:
+        self._place(self.root_fd, (), os.path.join(dest, name), name, blob)
+
+    def _emit(self, event) -> None:
+        if self.progress is not None:
+            self.progress(event)
+
+    def _fail(self, path: bytes, message: str) -> None:
+        shown = os.fsdecode(path)
+        self.result.errors.append((shown, message))
+        self._emit(EntryNotRestored(shown, message))
+
+    # reading and checking a directory before writing any of it
+
+    def _node(self, ref: BlobRef, where: bytes) -> Node:
+        blob = parse_blob(self.source.get(ref))
+        if not isinstance(blob, _NODE_TYPES):
+            raise SchemaError(f"{os.fsdecode(where)}: {ref} is a {blob.camli_type}, "
+                              "not a file, directory, symlink, fifo or socket")
+        return blob
+
+    def _listing(self, blob: DirectoryBlob, ref: BlobRef, path: bytes):
+        entries, names = [], set()
+        for member in self._members(blob.entries, 0, set()):
+            child = self._node(member, path)
+            problem = name_problem(child.name)
+            if problem:
+                raise SchemaError(f"directory {os.fsdecode(path)} ({ref}): entry {member} "
+                                  f"has a refused name {child.name!r}: {problem}")
+            if child.name in names:
+                raise SchemaError(f"directory {os.fsdecode(path)} ({ref}): two entries "
+                                  f"named {child.name!r}")
+            names.add(child.name)
+            entries.append((child.name, member, child))
+        return entries
+
+    def _members(self, set_ref: BlobRef, depth: int, seen: set) -> list[BlobRef]:
+        if depth > MAX_SET_DEPTH or set_ref in seen:
+            raise SchemaError(f"static-set {set_ref} nests too deep or repeats")
+        seen.add(set_ref)
+        blob = parse_blob(self.source.get(set_ref))
+        if not isinstance(blob, StaticSetBlob):
+            raise SchemaError(f"directory entries {set_ref} is a {blob.camli_type}, not a static-set")
+        if not blob.merge_sets:
+            return list(blob.members)
+        return [m for sub in blob.merge_sets for m in self._members(sub, depth + 1, seen)]
+
+    # the walk: one open fd per level, iteratively
+
+    def _walk(self, top: _DirFrame) -> None:
+        stack = [top]
+        try:
+            while stack:
+                frame = stack[-1]
+                if frame.next < len(frame.entries):
+                    name, ref, blob = frame.entries[frame.next]
+                    frame.next += 1
+                    child = self._enter(frame, name, ref, blob, stack)
+                    if child is not None:
+                        stack.append(child)
+                    continue
+                stack.pop()
+                self._finish_dir(frame)
+        finally:
+            for frame in stack:
+                if frame.fd != self.root_fd:
+                    os.close(frame.fd)
+
+    def _enter(self, frame: _DirFrame, name: bytes, ref: BlobRef, blob: Node, stack) -> _DirFrame | None:
+        path = os.path.join(frame.path, name)
+        if not isinstance(blob, DirectoryBlob):
+            self._place(frame.fd, frame.rel, path, name, blob)
+            return None
+        if any(f.ref == ref for f in stack):
+            raise SchemaError(f"directory {os.fsdecode(path)} ({ref}) contains itself")
+        entries = self._listing(blob, ref, path)
+        try:
+            fd = self._make_dir(frame.fd, name)
+        except OSError as e:
+            self._fail(path, e.strerror or str(e))
+            return None
+        return _DirFrame(fd, path, frame.rel + (name,), blob, ref, entries)
+
+    def _make_dir(self, parent_fd: int, name: bytes) -> int:
+        existing = _lstat_or_none(parent_fd, name)
+        if existing is None:
+            os.mkdir(name, 0o700, dir_fd=parent_fd)
+        elif not statmod.S_ISDIR(existing.st_mode):
+            self._clear(parent_fd, name, existing)
+            os.mkdir(name, 0o700, dir_fd=parent_fd)
+        return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+
+    def _finish_dir(self, frame: _DirFrame) -> None:
+        try:
+            if frame.blob is not None:
+                self._apply_meta(frame.fd, frame.blob, 0o755)
+                self.result.dirs += 1
+                self._emit(EntryRestored(os.fsdecode(frame.path), "directory"))
+        except OSError as e:
+            self._fail(frame.path, e.strerror or str(e))
+        finally:
+            if frame.fd != self.root_fd:
+                os.close(frame.fd)
+
+    # leaves
+
+    def _place(self, dir_fd: int, rel: tuple, path: bytes, name: bytes, blob: Node) -> None:
+        try:
+            existing = _lstat_or_none(dir_fd, name)
+            if existing is not None:
+                self._clear(dir_fd, name, existing)
+            if isinstance(blob, FileBlob):
+                self._place_file(dir_fd, rel, path, name, blob)
+            elif isinstance(blob, SymlinkBlob):
+                self._place_symlink(dir_fd, name, blob)
+            elif blob.kind == "fifo":
+                self._place_fifo(dir_fd, name, blob)
+            else:
+                self.result.skipped.append((os.fsdecode(path), "sockets are not restored"))
+                self._emit(EntryNotRestored(os.fsdecode(path), "sockets are not restored"))
+                return
+        except OSError as e:
+            self._fail(path, e.strerror or str(e))
+            return
+        self._emit(EntryRestored(os.fsdecode(path), blob.camli_type))
+
+    def _clear(self, dir_fd: int, name: bytes, existing: os.stat_result) -> None:
+        shown = os.fsdecode(name)
+        if statmod.S_ISDIR(existing.st_mode) or not self.overwrite:
+            raise PkvcError(f"{shown} already exists in the destination; restore into an "
+                            "empty directory or allow overwriting")
+        os.unlink(name, dir_fd=dir_fd)  # unlinks a symlink itself, never its target
+
+    def _place_file(self, dir_fd: int, rel: tuple, path: bytes, name: bytes, blob: FileBlob) -> None:
+        if blob.link_group is not None and self._link(dir_fd, name, blob.link_group):
+            return
+        fd = os.open(name, _NEW_FILE_FLAGS, 0o600, dir_fd=dir_fd)
+        try:
+            self._write_content(fd, blob, path)
+            self._apply_meta(fd, blob, 0o644)
+        finally:
+            os.close(fd)
+        self.result.files += 1
+        if blob.link_group is not None:
+            self.links.setdefault(blob.link_group, (rel, name))
+
+    def _write_content(self, fd: int, blob: FileBlob, path: bytes) -> None:
+        pos, shown = 0, os.fsdecode(path)
+        for size, data in iter_file_pieces(blob, self.source):
+            if data is not None:
+                _pwrite_all(fd, data, pos)
+                self.result.bytes_written += size
+                self._emit(BytesWritten(shown, size))
+            pos += size
+        os.ftruncate(fd, pos)  # keeps a trailing hole a hole
+
+    def _link(self, dir_fd: int, name: bytes, group: str) -> bool:
+        """Hard-link to the group's first file; False to write a copy instead."""
+        first = self.links.get(group)
+        if first is None:
+            return False
+        rel, first_name = first
+        try:
+            src_fd = self._open_rel(rel)
+        except OSError:
+            return False
+        try:
+            os.link(first_name, name, src_dir_fd=src_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+        except OSError:
+            return False
+        finally:
+            if src_fd != self.root_fd:
+                os.close(src_fd)
+        self.result.hardlinks += 1
+        return True
+
+    def _open_rel(self, rel: tuple) -> int:
+        """An fd for a restored directory, walked from the top without following links."""
+        fd = self.root_fd
+        for part in rel:
+            child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            if fd != self.root_fd:
+                os.close(fd)
+            fd = child
+        return fd
+
+    def _place_symlink(self, dir_fd: int, name: bytes, blob: SymlinkBlob) -> None:
+        os.symlink(blob.target, name, dir_fd=dir_fd)
+        uid, gid = self._owner(blob)
+        if uid != -1 or gid != -1:
+            _ignore_errors(os.chown, name, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
+        if blob.meta.mtime is not None:
+            ns = blob.meta.mtime.ns
+            _ignore_errors(os.utime, name, ns=(ns, ns), dir_fd=dir_fd, follow_symlinks=False)
+        self.result.symlinks += 1
+
+    def _place_fifo(self, dir_fd: int, name: bytes, blob: SpecialBlob) -> None:
+        os.mkfifo(name, 0o600, dir_fd=dir_fd)
+        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        try:
+            if not statmod.S_ISFIFO(os.fstat(fd).st_mode):
+                raise OSError(0, "replaced while being restored")
+            self._apply_meta(fd, blob, 0o644)
+        finally:
+            os.close(fd)
+        self.result.specials += 1
+
+    # metadata
+
+    def _apply_meta(self, fd: int, blob: Node, default_mode: int) -> None:
+        meta = blob.meta
+        uid, gid = self._owner(blob)
+        if uid != -1 or gid != -1:
+            _ignore_errors(os.fchown, fd, uid, gid)  # before chmod: chown clears setuid
+        os.fchmod(fd, meta.permission if meta.permission is not None else default_mode)
+        if meta.mtime is not None:
+            os.utime(fd, ns=(meta.mtime.ns, meta.mtime.ns))
+
+    def _owner(self, blob: Node) -> tuple[int, int]:
+        if not self.as_root:
+            return -1, -1
+        meta = blob.meta
+        return (_local_id(meta.owner, meta.uid, pwd.getpwnam, pwd.getpwuid, "pw_uid"),
+                _local_id(meta.group, meta.gid, grp.getgrnam, grp.getgrgid, "gr_gid"))
+
+
+def _local_id(name, number, by_name, by_id, attr: str) -> int:
+    """The local id for a stored owner: by name first, else the number if it exists."""
+    if name:
+        try:
+            return getattr(by_name(name), attr)
+        except KeyError:
+            pass
+    if number is not None:
+        try:
+            by_id(number)
+            return number
+        except (KeyError, OverflowError):
+            pass
+    return -1
+
+
+def _lstat_or_none(dir_fd: int, name: bytes) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def _pwrite_all(fd: int, data, pos: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, pos)
+        view, pos = view[n:], pos + n
+
+
+def _ignore_errors(fn, *args, **kwargs) -> None:
+    try:
+        fn(*args, **kwargs)
+    except OSError:
+        pass

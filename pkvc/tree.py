@@ -1,0 +1,380 @@
+"""Storing a file or directory tree as Perkeep schema blobs.
+
+A regular file becomes a `file` blob whose parts name its FastCDC chunks
+(and holes, for sparse files); when a file has more parts than fit in one
+schema blob, runs of them move into `bytes` blobs (`bytesRef`), recursively,
+so no schema blob passes 1 MiB. A directory becomes a `directory` blob
+whose `entries` is a `static-set` of its children's blobs, in sorted name
+order, so the same tree always gives the same ref. Symlinks, FIFOs and
+sockets get their own small blobs; device files are skipped (reported).
+
+Files are opened relative to their directory's fd with O_NOFOLLOW, so a
+path swapped for a symlink mid-backup is never followed. A file that cannot
+be read is skipped and reported in `PutResult.errors`, never fatal.
+
+Hard links: a regular file with more than one link carries `pkvcLinkGroup`,
+a digest of (st_dev, st_ino), equal for all its paths; restore links them.
+
+The callers' side is declared here, narrowly: a `BlobSink` stores blobs,
+an optional `StatCache` lets an unchanged file cost one `stat`, and an
+optional progress callable receives the small event objects below.
+"""
+
+from __future__ import annotations
+
+import errno
+import grp
+import hashlib
+import os
+import pwd
+import stat as statmod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from pkvc.blobref import BlobRef
+from pkvc.chunker import DEFAULT_PARAMS, chunk_fd, chunk_stream
+from pkvc.errors import PkvcError
+from pkvc.schema.canonical import MAX_SCHEMA_BLOB_SIZE
+from pkvc.schema.fsnodes import DirectoryBlob, FileBlob, SpecialBlob, SymlinkBlob, UnixMeta
+from pkvc.schema.parts import BytesBlob, Part, parts_size
+from pkvc.schema.staticset import MAX_STATIC_SET_MEMBERS, static_set_blobs
+
+# Parts per file/bytes blob before nesting: about 125 bytes each in JSON, so
+# 5,000 stay near 600 KiB, well under the 1 MiB schema limit.
+MAX_PARTS = 5000
+_O_NOATIME = getattr(os, "O_NOATIME", 0)
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+
+class BlobSink(Protocol):
+    def put(self, data: bytes) -> BlobRef:
+        """Store `data` unless already there; return its ref."""
+
+    def has(self, ref: BlobRef) -> bool: ...
+
+
+class StatCache(Protocol):
+    """Remembers which file blob an unchanged file gave last time.
+
+    `path` is the file's absolute path in bytes. A cached ref may be reused
+    only while every field of `stat_cache_key(st)` is unchanged: the file
+    blob records them (mode, owner, mtime, size; inode for hard links).
+    """
+
+    def lookup(self, path: bytes, st: os.stat_result) -> BlobRef | None: ...
+
+    def record(self, path: bytes, st: os.stat_result, ref: BlobRef) -> None: ...
+
+
+def stat_cache_key(st: os.stat_result) -> tuple:
+    """The stat fields a cached file ref depends on."""
+    return (st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
+            st.st_ino, st.st_dev, st.st_nlink > 1)
+
+
+# -- progress events -------------------------------------------------------
+
+@dataclass(frozen=True)
+class BytesRead:
+    path: str
+    n: int
+
+
+@dataclass(frozen=True)
+class FileStored:
+    path: str
+    size: int
+    cached: bool
+
+
+@dataclass(frozen=True)
+class EntrySkipped:
+    path: str
+    message: str
+
+
+@dataclass
+class PutResult:
+    ref: BlobRef
+    files: int = 0
+    dirs: int = 0
+    symlinks: int = 0
+    specials: int = 0
+    cached_files: int = 0
+    bytes_read: int = 0
+    errors: list[tuple[str, str]] = field(default_factory=list)
+
+
+# -- entry points ------------------------------------------------------------
+
+def put_path(path, sink: BlobSink, progress: Callable | None = None,
+             stat_cache: StatCache | None = None, *, chunker=DEFAULT_PARAMS,
+             max_parts: int = MAX_PARTS, max_set_members: int = MAX_STATIC_SET_MEMBERS,
+             exclude: Callable[[bytes, bool], bool] | None = None) -> PutResult:
+    """Store the file, symlink or directory tree at `path`; return its top ref.
+
+    `exclude(relative_path, is_dir)` may drop entries below the top.
+    Raises PkvcError only when the top itself cannot be read.
+    """
+    walker = _Walker(sink, progress, stat_cache, chunker, max_parts, max_set_members, exclude)
+    return walker.run(os.fsencode(os.path.abspath(os.fspath(path))))
+
+
+def put_stream(read: Callable[[int], bytes], sink: BlobSink, name: bytes | None = None, *,
+               chunker=DEFAULT_PARAMS, max_parts: int = MAX_PARTS) -> BlobRef:
+    """Store a stream (e.g. stdin) as a `file` blob without Unix metadata."""
+    parts = [Part(p.size, blob_ref=sink.put(p.data)) for p in chunk_stream(read, chunker)]
+    parts = fit_parts(parts, sink, max_parts)
+    return _put_schema(sink, FileBlob(name, tuple(parts)).to_json())
+
+
+def fit_parts(parts: list[Part], sink: BlobSink, max_parts: int = MAX_PARTS) -> list[Part]:
+    """Nest runs of parts in `bytes` blobs until at most max_parts remain."""
+    if max_parts < 2:
+        raise ValueError("max_parts must be at least 2")
+    while len(parts) > max_parts:
+        groups = [parts[i:i + max_parts] for i in range(0, len(parts), max_parts)]
+        parts = [g[0] if len(g) == 1 else _bytes_part(g, sink) for g in groups]
+    return parts
+
+
+def _bytes_part(group: list[Part], sink: BlobSink) -> Part:
+    ref = _put_schema(sink, BytesBlob(tuple(group)).to_json())
+    return Part(parts_size(group), bytes_ref=ref)
+
+
+def _put_schema(sink: BlobSink, data: bytes) -> BlobRef:
+    if len(data) > MAX_SCHEMA_BLOB_SIZE:
+        raise PkvcError(f"internal error: a schema blob of {len(data)} bytes passes 1 MiB")
+    return sink.put(data)
+
+
+def link_group(st: os.stat_result) -> str | None:
+    """Same string for every path of one multiply-linked regular file."""
+    if not statmod.S_ISREG(st.st_mode) or st.st_nlink < 2:
+        return None
+    return hashlib.sha224(f"{st.st_dev}:{st.st_ino}".encode()).hexdigest()[:32]
+
+
+# -- the walk ------------------------------------------------------------------
+
+@dataclass
+class _DirFrame:
+    fd: int
+    path: bytes
+    rel: bytes
+    name: bytes | None
+    st: os.stat_result
+    names: list[bytes]
+    refs: list[BlobRef] = field(default_factory=list)
+    next: int = 0
+
+
+class _Walker:
+    """One put_path run: walks depth-first, sorted, holding one fd per level."""
+
+    def __init__(self, sink, progress, stat_cache, chunker, max_parts, max_set_members, exclude):
+        self.sink, self.progress, self.stat_cache = sink, progress, stat_cache
+        self.chunker, self.max_parts, self.max_set_members = chunker, max_parts, max_set_members
+        self.exclude = exclude
+        self.result: PutResult | None = None
+        self._users: dict[int, str | None] = {}
+        self._groups: dict[int, str | None] = {}
+
+    def run(self, path: bytes) -> PutResult:
+        self.result = PutResult(ref=None)  # type: ignore[arg-type]
+        parent, name = os.path.split(path)
+        try:
+            st = os.lstat(path)
+            parent_fd = os.open(parent or b"/", _DIR_FLAGS & ~os.O_NOFOLLOW)
+        except OSError as e:
+            raise PkvcError(f"cannot read {os.fsdecode(path)}: {e.strerror}") from None
+        try:
+            ref = self._top(parent_fd, name or None, path, st)
+        finally:
+            os.close(parent_fd)
+        if ref is None:
+            message = self.result.errors[-1][1] if self.result.errors else "skipped"
+            raise PkvcError(f"cannot read {os.fsdecode(path)}: {message}")
+        self.result.ref = ref
+        return self.result
+
+    def _top(self, parent_fd: int, name: bytes | None, path: bytes, st) -> BlobRef | None:
+        if statmod.S_ISDIR(st.st_mode):
+            return self._walk(parent_fd, name, path, st)
+        return self._put_leaf(parent_fd, name, path, st)
+
+    def _emit(self, event) -> None:
+        if self.progress is not None:
+            self.progress(event)
+
+    def _skip(self, path: bytes, message: str) -> None:
+        shown = os.fsdecode(path)
+        self.result.errors.append((shown, message))
+        self._emit(EntrySkipped(shown, message))
+
+    # directories, iteratively (deep trees must not hit Python's recursion limit)
+
+    def _walk(self, parent_fd: int, name: bytes | None, path: bytes, st) -> BlobRef | None:
+        top = self._open_dir(parent_fd, name, path, b"", st)
+        if top is None:
+            return None
+        stack = [top]
+        try:
+            while stack:
+                frame = stack[-1]
+                if frame.next < len(frame.names):
+                    child = self._visit(frame, frame.names[frame.next])
+                    frame.next += 1
+                    if child is not None:
+                        stack.append(child)
+                    continue
+                stack.pop()
+                ref = self._finish_dir(frame)
+                if not stack:
+                    return ref
+                stack[-1].refs.append(ref)
+        finally:
+            for frame in stack:
+                os.close(frame.fd)
+        return None
+
+    def _open_dir(self, parent_fd, name, path, rel, st) -> _DirFrame | None:
+        try:
+            fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd) if name else \
+                os.open(path, _DIR_FLAGS)
+        except OSError as e:
+            self._skip(path, e.strerror or str(e))
+            return None
+        try:
+            names = sorted(os.fsencode(n) for n in os.listdir(fd))
+            st = os.fstat(fd)
+        except OSError as e:
+            os.close(fd)
+            self._skip(path, e.strerror or str(e))
+            return None
+        return _DirFrame(fd, path, rel, name, st, names)
+
+    def _visit(self, frame: _DirFrame, name: bytes) -> _DirFrame | None:
+        """Store one entry of `frame`; return a frame to descend into, if a dir."""
+        path = os.path.join(frame.path, name)
+        rel = os.path.join(frame.rel, name) if frame.rel else name
+        try:
+            st = os.stat(name, dir_fd=frame.fd, follow_symlinks=False)
+        except OSError as e:
+            self._skip(path, e.strerror or str(e))
+            return None
+        is_dir = statmod.S_ISDIR(st.st_mode)
+        if self.exclude is not None and self.exclude(rel, is_dir):
+            return None
+        if is_dir:
+            return self._open_dir(frame.fd, name, path, rel, st)
+        ref = self._put_leaf(frame.fd, name, path, st)
+        if ref is not None:
+            frame.refs.append(ref)
+        return None
+
+    def _finish_dir(self, frame: _DirFrame) -> BlobRef:
+        os.close(frame.fd)
+        sets = static_set_blobs(frame.refs, self.max_set_members)
+        for data in reversed(sets):  # sub-sets before the set that names them
+            _put_schema(self.sink, data)
+        entries = BlobRef.of(sets[0])
+        self.result.dirs += 1
+        blob = DirectoryBlob(frame.name, entries, self._meta(frame.st))
+        return _put_schema(self.sink, blob.to_json())
+
+    # everything but directories
+
+    def _put_leaf(self, dir_fd: int, name: bytes | None, path: bytes, st) -> BlobRef | None:
+        mode = st.st_mode
+        try:
+            if statmod.S_ISREG(mode):
+                return self._put_file(dir_fd, name, path, st)
+            if statmod.S_ISLNK(mode):
+                target = os.readlink(name, dir_fd=dir_fd)
+                self.result.symlinks += 1
+                return _put_schema(self.sink, SymlinkBlob(name, target, self._meta(st)).to_json())
+            if statmod.S_ISFIFO(mode) or statmod.S_ISSOCK(mode):
+                kind = "fifo" if statmod.S_ISFIFO(mode) else "socket"
+                self.result.specials += 1
+                return _put_schema(self.sink, SpecialBlob(kind, name, self._meta(st)).to_json())
+        except OSError as e:
+            self._skip(path, e.strerror or str(e))
+            return None
+        self._skip(path, "device files are not backed up")
+        return None
+
+    def _put_file(self, dir_fd: int, name: bytes, path: bytes, st) -> BlobRef:
+        cached = self._cached(path, st)
+        if cached is not None:
+            return cached
+        fd = _open_for_reading(dir_fd, name)
+        try:
+            st = os.fstat(fd)
+            if not statmod.S_ISREG(st.st_mode):
+                raise OSError(errno.EAGAIN, "replaced by a non-file during backup")
+            parts = self._read_parts(fd, path)
+        finally:
+            os.close(fd)
+        parts = fit_parts(parts, self.sink, self.max_parts)
+        blob = FileBlob(name, tuple(parts), self._meta(st), link_group=link_group(st))
+        ref = _put_schema(self.sink, blob.to_json())
+        if self.stat_cache is not None:
+            self.stat_cache.record(path, st, ref)
+        self.result.files += 1
+        self._emit(FileStored(os.fsdecode(path), blob.size, False))
+        return ref
+
+    def _cached(self, path: bytes, st) -> BlobRef | None:
+        if self.stat_cache is None:
+            return None
+        ref = self.stat_cache.lookup(path, st)
+        if ref is None or not self.sink.has(ref):
+            return None
+        self.result.files += 1
+        self.result.cached_files += 1
+        self._emit(FileStored(os.fsdecode(path), st.st_size, True))
+        return ref
+
+    def _read_parts(self, fd: int, path: bytes) -> list[Part]:
+        parts, shown = [], os.fsdecode(path)
+        for piece in chunk_fd(fd, self.chunker):
+            if piece.is_hole:
+                parts.append(Part(piece.size))
+                continue
+            parts.append(Part(piece.size, blob_ref=self.sink.put(piece.data)))
+            self.result.bytes_read += piece.size
+            self._emit(BytesRead(shown, piece.size))
+        return parts
+
+    def _meta(self, st) -> UnixMeta:
+        return UnixMeta.from_stat(st, self._user(st.st_uid), self._group(st.st_gid))
+
+    def _user(self, uid: int) -> str | None:
+        if uid not in self._users:
+            try:
+                self._users[uid] = pwd.getpwuid(uid).pw_name
+            except KeyError:
+                self._users[uid] = None
+        return self._users[uid]
+
+    def _group(self, gid: int) -> str | None:
+        if gid not in self._groups:
+            try:
+                self._groups[gid] = grp.getgrgid(gid).gr_name
+            except KeyError:
+                self._groups[gid] = None
+        return self._groups[gid]
+
+
+def _open_for_reading(dir_fd: int, name: bytes) -> int:
+    """Open without following symlinks, blocking on FIFOs, or touching atime."""
+    try:
+        return os.open(name, _FILE_FLAGS | _O_NOATIME, dir_fd=dir_fd)
+    except PermissionError:
+        if not _O_NOATIME:
+            raise
+        return os.open(name, _FILE_FLAGS, dir_fd=dir_fd)  # O_NOATIME needs ownership

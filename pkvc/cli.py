@@ -20,7 +20,8 @@ import typer
 from tqdm import tqdm
 
 from pkvc import api
-from pkvc.errors import (EXIT_CODES, EXIT_INTERRUPTED, EXIT_USAGE, PkvcError, UsageError)
+from pkvc.errors import (EXIT_CODES, EXIT_INTERRUPTED, EXIT_USAGE, PartialError, PkvcError,
+                         UsageError)
 
 _EXIT_TABLE = "\b\n" + "\n".join(f"{code:>3}  {meaning}" for code, meaning in EXIT_CODES.items())
 
@@ -237,6 +238,59 @@ def key_passwd(ctx: typer.Context,
 
 
 # -- plumbing ------------------------------------------------------------------
+
+@app.command()
+def put(ctx: typer.Context,
+        paths: List[Path] = typer.Argument(..., help="Files or directories to store.")):
+    """Store files or trees; print each one's top blobref (like pk-put)."""
+    with _open(ctx) as repo:
+        summaries = api.put_paths(repo, paths, _progress(ctx))
+        stats = repo.stats
+    _emit(ctx, {"results": summaries, "added": stats}, "\n".join(s.ref for s in summaries))
+    _report_skipped(ctx, [e for s in summaries for e in s.errors])
+
+
+def _report_skipped(ctx: typer.Context, errors: list[tuple[str, str]]) -> None:
+    """Name each unreadable entry on stderr; exit 3 if there were any."""
+    if not errors:
+        return
+    for path, message in errors:
+        typer.echo(f"pkvc: skipped {path}: {message}", err=True)
+    raise PartialError(f"{len(errors)} entries could not be read and were skipped")
+
+
+@app.command()
+def get(ctx: typer.Context,
+        ref: str = typer.Argument(..., help="Blobref (or unique prefix) to fetch."),
+        output: Optional[Path] = typer.Option(
+            None, "--output", "-o", help="Restore the file or tree into this directory."),
+        contents: bool = typer.Option(False, "--contents",
+                                      help="Write a file blob's content to stdout."),
+        force: bool = typer.Option(False, "--force", help="Restore into a non-empty directory.")):
+    """Fetch a blob: raw to stdout, a file's content, or a tree into --output."""
+    with _open(ctx) as repo:
+        if output is not None:
+            result = api.restore_tree(repo, ref, output, force, _progress(ctx))
+            _emit(ctx, result, None)
+            _report_skipped(ctx, result.errors)
+        elif contents:
+            for block in api.file_contents(repo, ref):
+                sys.stdout.buffer.write(block)
+        else:
+            sys.stdout.buffer.write(api.get_blob(repo, ref))
+        sys.stdout.flush()
+
+
+@app.command()
+def describe(ctx: typer.Context, ref: str = typer.Argument(..., help="Blobref or unique prefix.")):
+    """Pretty-print a schema blob (or say what a data blob is)."""
+    with _open(ctx) as repo:
+        info = api.describe(repo, ref)
+    if info.json is not None:
+        text = json.dumps(info.json, indent=2, ensure_ascii=False)
+    else:
+        text = f"{info.ref}: data blob, {info.size} bytes"
+    _emit(ctx, info, text)
 
 @app.command()
 def check(ctx: typer.Context,

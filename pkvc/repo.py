@@ -18,6 +18,7 @@ from typing import Iterator
 from pkvc import crypto, keyslots
 from pkvc.backends import Backend
 from pkvc.blobref import BlobRef
+from pkvc.chunker import ChunkerParams
 from pkvc.errors import (BackendError, BlobNotFoundError, IntegrityError, NoRepositoryError,
                          PkvcError, RepositoryExistsError, UsageError)
 from pkvc.index import Index, Location
@@ -29,13 +30,6 @@ FORMAT_VERSION = 1
 MAX_BLOB_SIZE = 16 * 1024 * 1024
 PACKS = "packs/"
 _SIGNATURE_MARK = b',"camliSig":"'
-
-
-@dataclass(frozen=True)
-class ChunkerParams:
-    min_size: int = 256 * 1024
-    avg_size: int = 1024 * 1024
-    max_size: int = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -87,6 +81,16 @@ def sniff_kind(data) -> int:
 
 
 @dataclass
+class WriteStats:
+    """What this open repository added: for summaries like `snapshot --json`."""
+
+    blobs: int = 0
+    raw_bytes: int = 0
+    stored_bytes: int = 0
+    packs: int = 0
+
+
+@dataclass
 class SyncReport:
     packs_added: int = 0
     packs_dropped: int = 0
@@ -106,6 +110,7 @@ class Repository:
         self._data_key = crypto.derive_subkey(master, "pkvc-data")
         self._writer = PackWriter(self._data_key)
         self._unflushed: dict[BlobRef, PackEntry] = {}
+        self.stats = WriteStats()
         self._index_dir = Path(cache_dir) / config.id / "index"
         self.index = self._open_index()
         self.sync_index(progress)
@@ -166,9 +171,16 @@ class Repository:
             return ref
         entry = self._writer.add(ref, data, sniff_kind(data) if kind is None else kind)
         self._unflushed[ref] = entry
+        self.stats.blobs += 1
+        self.stats.raw_bytes += entry.raw_length
+        self.stats.stored_bytes += entry.length
         if self._writer.size >= self.config.pack_size:
             self.flush()
         return ref
+
+    def put_data(self, data) -> BlobRef:
+        """Store file content as data even if it looks like a schema blob."""
+        return self.put(data, kind=KIND_DATA)
 
     def has(self, ref: BlobRef) -> bool:
         return ref in self._unflushed or self.index.lookup(ref) is not None
@@ -253,6 +265,7 @@ class Repository:
         self.index.add_pack(pack.pack_id, len(pack.data), pack.entries)
         self.index.flush()
         self._unflushed.clear()
+        self.stats.packs += 1
         return pack.pack_id
 
     # -- the index as a cache -----------------------------------------

@@ -50,7 +50,10 @@ _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_C
 
 class BlobSink(Protocol):
     def put(self, data: bytes) -> BlobRef:
-        """Store `data` unless already there; return its ref."""
+        """Store a schema blob unless already there; return its ref."""
+
+    def put_data(self, data: bytes) -> BlobRef:
+        """Store file content: never treated as schema, whatever it looks like."""
 
     def has(self, ref: BlobRef) -> bool: ...
 
@@ -125,7 +128,7 @@ def put_path(path, sink: BlobSink, progress: Callable | None = None,
 def put_stream(read: Callable[[int], bytes], sink: BlobSink, name: bytes | None = None, *,
                chunker=DEFAULT_PARAMS, max_parts: int = MAX_PARTS) -> BlobRef:
     """Store a stream (e.g. stdin) as a `file` blob without Unix metadata."""
-    parts = [Part(p.size, blob_ref=sink.put(p.data)) for p in chunk_stream(read, chunker)]
+    parts = [Part(p.size, blob_ref=sink.put_data(p.data)) for p in chunk_stream(read, chunker)]
     parts = fit_parts(parts, sink, max_parts)
     return _put_schema(sink, FileBlob(name, tuple(parts)).to_json())
 
@@ -345,7 +348,7 @@ class _Walker:
             if piece.is_hole:
                 parts.append(Part(piece.size))
                 continue
-            parts.append(Part(piece.size, blob_ref=self.sink.put(piece.data)))
+            parts.append(Part(piece.size, blob_ref=self.sink.put_data(piece.data)))
             self.result.bytes_read += piece.size
             self._emit(BytesRead(shown, piece.size))
         return parts

@@ -17,6 +17,8 @@ class MemStore:
         self.blobs.setdefault(ref, bytes(data))
         return ref
 
+    put_data = put
+
     def has(self, ref: BlobRef) -> bool:
         return ref in self.blobs
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from fstree import NOBODY, has_user, make_rich_tree, tree_state
 from memstore import MemStore
 from pkvc.blobref import BlobRef
 from pkvc.chunker import KiB, MiB, ChunkerParams
@@ -22,38 +23,6 @@ from pkvc.schema.staticset import StaticSetBlob
 from pkvc.tree import put_path
 
 SMALL = ChunkerParams(min_size=1 * KiB, avg_size=4 * KiB, max_size=16 * KiB)
-NOBODY = 65534
-
-
-def _has_user(uid):
-    try:
-        pwd.getpwuid(uid)
-        return True
-    except KeyError:
-        return False
-
-
-def _state(root: Path) -> dict:
-    """Everything restore promises to bring back, keyed by relative path."""
-    out, inodes = {}, {}
-    top = os.fsencode(root)
-    for dirpath, dirnames, filenames in os.walk(top):
-        for name in dirnames + filenames + ([b"."] if dirpath == top else []):
-            path = os.path.normpath(os.path.join(dirpath, name))
-            rel = os.path.relpath(path, top)
-            st = os.lstat(path)
-            kind = stat.S_IFMT(st.st_mode)
-            if stat.S_ISREG(st.st_mode):
-                body = Path(os.fsdecode(path)).read_bytes()
-                inodes.setdefault(st.st_ino, []).append(rel)
-            elif stat.S_ISLNK(st.st_mode):
-                body = os.readlink(path)
-            else:
-                body = None
-            perm = None if stat.S_ISLNK(st.st_mode) else stat.S_IMODE(st.st_mode)
-            out[rel] = (kind, perm, st.st_mtime_ns, st.st_uid, st.st_gid, body)
-    links = sorted(sorted(paths) for paths in inodes.values() if len(paths) > 1)
-    return {"entries": out, "links": links}
 
 
 def _round_trip(src: Path, dst: Path, **put_kw):
@@ -65,51 +34,15 @@ def _round_trip(src: Path, dst: Path, **put_kw):
     return store, result, restored
 
 
-def _make_rich_tree(root: Path) -> Path:
-    (root / "sub" / "deep").mkdir(parents=True)
-    (root / "empty-dir").mkdir()
-    (root / "ro-dir").mkdir()
-    (root / "ro-dir" / "inside").write_bytes(b"in a read-only dir")
-    (root / "sticky").mkdir()
-    (root / "a.txt").write_bytes(b"hello\n")
-    (root / "empty").write_bytes(b"")
-    (root / "big").write_bytes(os.urandom(200 * KiB))
-    (root / "exec").write_bytes(b"#!/bin/sh\n")
-    (root / "secret").write_bytes(b"mode 000")
-    (root / os.fsdecode(b"caf\xe9 \xff")).write_bytes(b"latin-1 name")
-    (root / "sub" / "deep" / "h1").write_bytes(b"hard linked")
-    os.link(root / "sub" / "deep" / "h1", root / "h2")
-    os.link(root / "sub" / "deep" / "h1", root / "sub" / "h3")
-    os.symlink("a.txt", root / "rel-link")
-    os.symlink("/etc/passwd", root / "abs-link")
-    os.symlink("../nowhere/at/all", root / "sub" / "dangling")
-    os.mkfifo(root / "pipe")
-    (root / "owned").write_bytes(b"by nobody")
-    if _has_user(NOBODY):
-        os.chown(root / "owned", NOBODY, NOBODY)
-    os.chmod(root / "exec", 0o4755)
-    os.chmod(root / "secret", 0o000)
-    os.chmod(root / "sticky", 0o1777)
-    t = 1_600_000_000_000_000_000
-    for i, (dirpath, dirnames, filenames) in enumerate(sorted(os.walk(root), reverse=True)):
-        for j, name in enumerate(dirnames + filenames):
-            os.utime(os.path.join(dirpath, name), ns=(t, t + i * 1000 + j * 7 + 123),
-                     follow_symlinks=False)
-    os.chmod(root / "ro-dir", 0o555)
-    os.utime(root / "ro-dir", ns=(t, t + 555))
-    os.utime(root, ns=(t, t + 1))
-    return root
-
-
 def test_rich_tree_round_trip(tmp_path):
-    src = _make_rich_tree(tmp_path / "src")
+    src = make_rich_tree(tmp_path / "src")
     store, result, restored = _round_trip(src, tmp_path / "dst", chunker=SMALL)
-    assert _state(tmp_path / "dst") == _state(src)
+    assert tree_state(tmp_path / "dst") == tree_state(src)
     assert restored.hardlinks == 2 and restored.specials == 1 and restored.symlinks == 3
-    assert _state(src)["links"] == [[b"h2", b"sub/deep/h1", b"sub/h3"]]
+    assert tree_state(src)["links"] == [[b"h2", b"sub/deep/h1", b"sub/h3"]]
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not _has_user(NOBODY), reason="needs root and nobody")
+@pytest.mark.skipif(os.geteuid() != 0 or not has_user(NOBODY), reason="needs root and nobody")
 def test_owners_are_restored_only_to_ids_that_exist(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
@@ -119,7 +52,7 @@ def test_owners_are_restored_only_to_ids_that_exist(tmp_path):
     os.chown(src / "ghosts", 54321, 54321)
     _round_trip(src, tmp_path / "dst")
     assert os.lstat(tmp_path / "dst" / "nobodys").st_uid == NOBODY
-    if not _has_user(54321):
+    if not has_user(54321):
         assert os.lstat(tmp_path / "dst" / "ghosts").st_uid == os.geteuid()
 
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # shared helpers in tests/
+
 PASSWORD = "correct horse battery staple"
 
 

@@ -177,3 +177,18 @@ def test_cache_tables_are_separate_and_emptied_by_reindex(repo):
     assert a.get(b"k1") is None and list(a.scan(b"k")) == [(b"k2", b"v2")]
     repo.reindex()
     assert list(repo.cache_table("a").scan()) == []
+
+
+def test_index_of_another_format_version_is_rebuilt(repo, cache_dir, reopen):
+    from rocksdict import Options, Rdict
+
+    ref = repo.put(b"kept across versions")
+    repo.close()
+    db_path = next(cache_dir.rglob("db"))
+    db = Rdict(str(db_path), Options(raw_mode=True))
+    db[b"m:version"] = b"0"
+    db[b"b" + ref.to_key()] = b"stale junk"
+    db.close()
+    r = reopen()
+    assert r.index.was_reset
+    assert r.get(ref) == b"kept across versions"

@@ -48,3 +48,29 @@ def reopen(repo_path, cache_dir):
     yield _open
     for r in opened:
         r.close()
+
+
+# -- signing: ONE generated RSA-3072 key per test session ------------------------
+
+@pytest.fixture(scope="session")
+def repo_signer(request):
+    """The session's one generated key (shared with test_gpg/test_jsonsign via the config)."""
+    from pkvc.gpg import GnupgHome
+
+    shared = getattr(request.config, "_pkvc_test_signer", None)
+    if shared is None:
+        home = GnupgHome()
+        request.config.add_cleanup(home.close)
+        shared = home.signer(home.generate_key("pkvc repository test-session"))
+        request.config._pkvc_test_signer = shared
+    return shared
+
+
+@pytest.fixture
+def signing_repo(repo, repo_signer):
+    """A repository whose identity is the session key (as `init` would store it)."""
+    from pkvc.identity import store_identity
+
+    store_identity(repo, repo_signer.fingerprint, repo_signer.public_key,
+                   repo_signer.home.export_secret_key(repo_signer.fingerprint), source="generated")
+    return repo

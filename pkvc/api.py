@@ -7,15 +7,16 @@ environment. Scripts may call these functions directly.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from pkvc import keyslots, restore, tree
+from pkvc import identity, keyslots, restore, series as series_mod, snapshot as snapshot_mod, tree
 from pkvc.backends import open_backend
 from pkvc.blobref import BlobRef
 from pkvc.check import CheckReport, check_repository
 from pkvc.errors import BlobNotFoundError, SchemaError, UsageError
-from pkvc.progress import NO_PROGRESS, Progress
+from pkvc.progress import NO_PROGRESS, Progress, bytes_of
 from pkvc.repo import Repository, SyncReport
 from pkvc.schema.canonical import looks_like_schema, parse_schema
 
@@ -29,9 +30,16 @@ class Session:
     cache_dir: Path
 
 
-def init(session: Session) -> Repository:
-    """Create a new repository; the caller closes what is returned."""
-    return Repository.create(open_backend(session.url), session.password, session.cache_dir)
+def init(session: Session, gpg_key: str | None = None, user_gnupghome: Path | None = None,
+         passphrase: str | None = None) -> tuple[Repository, identity.Identity]:
+    """Create a repository and its signing identity; the caller closes the repository."""
+    repo = Repository.create(open_backend(session.url), session.password, session.cache_dir)
+    try:
+        ident = identity.create_identity(repo, gpg_key, user_gnupghome, passphrase)
+    except BaseException:
+        repo.close()
+        raise
+    return repo, ident
 
 
 def open_repo(session: Session, progress: Progress = NO_PROGRESS) -> Repository:
@@ -96,7 +104,7 @@ def put_paths(repo: Repository, paths: list[Path], progress: Progress = NO_PROGR
     summaries = []
     progress.start("put", None, "B")
     for path in paths:
-        result = tree.put_path(path, repo, progress=_bytes_progress(progress, tree.BytesRead),
+        result = tree.put_path(path, repo, progress=bytes_of(progress, tree.BytesRead),
                                chunker=repo.config.chunker)
         summaries.append(PutSummary(str(path), str(result.ref), result.files, result.dirs,
                                     result.bytes_read, result.errors))
@@ -114,7 +122,7 @@ def restore_tree(repo: Repository, text: str, output: Path, force: bool = False,
         raise UsageError(f"{output} is not empty; use --force to restore into it anyway")
     output.parent.mkdir(parents=True, exist_ok=True)
     progress.start("restore", None, "B")
-    result = restore.restore(ref, output, repo, _bytes_progress(progress, restore.BytesWritten),
+    result = restore.restore(ref, output, repo, bytes_of(progress, restore.BytesWritten),
                              overwrite=force)
     progress.finish()
     return result
@@ -148,17 +156,112 @@ def describe(repo: Repository, text: str) -> Description:
     return Description(str(ref), len(data), "data", None, None)
 
 
-def _bytes_progress(progress: Progress, event_type):
-    """Turn the tree walkers' events into byte counts on a progress bar."""
-    def on_event(event) -> None:
-        if isinstance(event, event_type):
-            progress.advance(event.n)
-    return on_event
-
-
 def check(repo: Repository, read_data: bool = False, progress: Progress = NO_PROGRESS) -> CheckReport:
     return check_repository(repo, read_data, progress)
 
 
 def reindex(repo: Repository, progress: Progress = NO_PROGRESS) -> SyncReport:
     return repo.reindex(progress)
+
+
+# -- the Git-style layer -------------------------------------------------------
+
+def snapshot(repo: Repository, path: Path, series: str | None = None, tags=(), excludes=(),
+             progress: Progress = NO_PROGRESS) -> snapshot_mod.SnapshotSummary:
+    with identity.open_identity(repo) as signer:
+        return snapshot_mod.take_snapshot(repo, signer, path, series, tags, excludes, progress)
+
+
+@dataclass
+class LogEntry:
+    series: str
+    claim: str
+    date: str
+    root: str
+    signer: str | None
+    key_id: str
+    verified: bool
+    number: int | None
+    added_bytes: int | None
+
+
+def log(repo: Repository, series: str | None = None) -> list[LogEntry]:
+    """One series' snapshots newest first, or every series with its latest."""
+    if series is not None:
+        chosen = series_mod.get_series(repo, series)
+        snaps = series_mod.snapshots(repo, chosen, include_invalid=True)
+        valid = [s for s in snaps if s.verified]
+        older = {s.claim: valid[i + 1].root if i + 1 < len(valid) else None
+                 for i, s in enumerate(valid)}
+        return [_log_entry(repo, chosen.name, s, older.get(s.claim), s.verified) for s in snaps]
+    entries = []
+    for each in series_mod.list_series(repo):
+        snaps = series_mod.snapshots(repo, each)
+        if snaps:
+            prev = snaps[1].root if len(snaps) > 1 else None
+            entries.append(_log_entry(repo, each.name, snaps[0], prev, True))
+    return entries
+
+
+def _log_entry(repo: Repository, name: str, snap, previous_root, measure: bool) -> LogEntry:
+    added = snapshot_mod.added_bytes(repo, previous_root, snap.root) if measure else None
+    return LogEntry(name, str(snap.claim), str(snap.date), str(snap.root),
+                    str(snap.signer) if snap.signer else None, snap.key_id, snap.verified,
+                    snap.number, added)
+
+
+def checkout(repo: Repository, spec: str, output: Path, force: bool = False,
+             progress: Progress = NO_PROGRESS) -> restore.RestoreResult:
+    """Restore the snapshot (or the entry at :PATH in it) named by `spec` into `output`."""
+    resolved = series_mod.resolve(repo, spec)
+    return restore_tree(repo, str(resolved.ref), output, force, progress)
+
+
+def list_series(repo: Repository) -> list[series_mod.Series]:
+    return series_mod.list_series(repo)
+
+
+@dataclass
+class ListedEntry:
+    path: str
+    type: str
+    size: int | None
+    mode: str | None
+    mtime: str | None
+    ref: str
+
+
+def ls(repo: Repository, spec: str) -> list[ListedEntry]:
+    """Everything below the snapshot or path that `spec` names, depth first."""
+    resolved = series_mod.resolve(repo, spec)
+    out = []
+    for entry in series_mod.walk(repo, resolved.ref):
+        blob = entry.blob
+        meta = getattr(blob, "meta", None)
+        out.append(ListedEntry(
+            os.fsdecode(entry.path), blob.camli_type, getattr(blob, "size", None),
+            meta.permission_string() if meta is not None and meta.permission is not None else None,
+            str(meta.mtime) if meta is not None and meta.mtime is not None else None,
+            str(entry.ref)))
+    return out
+
+
+def diff(repo: Repository, a: str, b: str) -> series_mod.TreeDiff:
+    return series_mod.diff_trees(repo, series_mod.resolve(repo, a).ref,
+                                 series_mod.resolve(repo, b).ref)
+
+
+def attr(repo: Repository, permanode: str, name: str, value: str | None, mode: str) -> BlobRef:
+    pn = resolve_ref(repo, permanode)
+    with identity.open_identity(repo) as signer:
+        return series_mod.set_attribute(repo, signer, pn, name, value, mode)
+
+
+def describe_permanode(repo: Repository, text: str, at: str | None = None):
+    """The permanode's attributes (as of `at`) and claim history, or None if not one."""
+    ref = resolve_ref(repo, text)
+    when = series_mod.parse_date(at) if at else None
+    try:
+        return series_mod.describe_permanode(repo, ref, when)
+    except (UsageError, BlobNotFoundError):
+        return None

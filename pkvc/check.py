@@ -1,9 +1,10 @@
 """`check`: does the repository hold what it claims to, and nothing broken?
 
 Levels: every pack is listed and its header opens; the index and the pack
-headers agree; every blob that a schema blob references exists; and with
-`read_data`, every pack's bytes hash to its name and every blob decrypts
-and hashes to its ref. It reports; it never repairs or modifies anything.
+headers agree; every blob that a schema blob references exists; every
+signed blob verifies (claims that do not are ignored everywhere else, and
+named here); and with `read_data`, every pack's bytes hash to its name and
+every blob decrypts and hashes to its ref. It reports; it never repairs or modifies anything.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from pkvc.errors import BackendError, BlobNotFoundError, IntegrityError, SchemaError
 from pkvc.pack import KIND_DATA, PackEntry
 from pkvc.progress import NO_PROGRESS, Progress
+from pkvc.claims import invalid_claims
 from pkvc.repo import Repository
 from pkvc.schema.anyblob import parse_blob, schema_refs
 
@@ -45,6 +47,8 @@ def check_repository(repo: Repository, read_data: bool = False,
         progress.advance()
     progress.finish()
     _check_references(repo, report, progress)
+    for bad in invalid_claims(repo):
+        report.problems.append(f"signed blob {bad.ref} is ignored: {bad.reason}")
     return report
 
 

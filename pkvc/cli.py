@@ -191,12 +191,22 @@ def _open(ctx: typer.Context):
 # -- repository and keys -----------------------------------------------------
 
 @app.command()
-def init(ctx: typer.Context):
-    """Create a new, empty repository."""
+def init(ctx: typer.Context,
+         gpg_key: Optional[str] = typer.Option(
+             None, "--gpg-key", help="Sign with this existing GnuPG key (from $GNUPGHOME or "
+             "~/.gnupg) instead of generating one.")):
+    """Create a new, empty repository and its signing key."""
     session = _session(ctx, confirm=True)
-    with api.init(session) as repo:
-        _emit(ctx, {"id": repo.config.id, "location": repo.backend.location, "key": repo.slot_id},
-              f"created repository {repo.config.id} at {repo.backend.location}")
+    home = passphrase = None
+    if gpg_key is not None:
+        home = Path(os.environ.get("GNUPGHOME") or Path.home() / ".gnupg")
+        passphrase = os.environ.get("PKVC_GPG_PASSPHRASE")
+    repo, ident = api.init(session, gpg_key, home, passphrase)
+    with repo:
+        _emit(ctx, {"id": repo.config.id, "location": repo.backend.location, "key": repo.slot_id,
+                    "signer": str(ident.public_key_ref), "fingerprint": ident.fingerprint},
+              f"created repository {repo.config.id} at {repo.backend.location}\n"
+              f"signing key {ident.fingerprint}")
 
 
 @key_app.command("list")
@@ -282,15 +292,43 @@ def get(ctx: typer.Context,
 
 
 @app.command()
-def describe(ctx: typer.Context, ref: str = typer.Argument(..., help="Blobref or unique prefix.")):
-    """Pretty-print a schema blob (or say what a data blob is)."""
+def describe(ctx: typer.Context, ref: str = typer.Argument(..., help="Blobref or unique prefix."),
+             at: Optional[str] = typer.Option(None, "--at", help="A permanode's state at this date.")):
+    """Pretty-print a schema blob; for a permanode, its attributes and claim history."""
     with _open(ctx) as repo:
         info = api.describe(repo, ref)
+        permanode = api.describe_permanode(repo, ref, at) if info.camli_type == "permanode" else None
+    if permanode is not None:
+        _emit(ctx, {"blob": info, "permanode": permanode}, _permanode_text(permanode))
+        return
+    if at is not None:
+        raise UsageError("--at applies to permanodes only")
     if info.json is not None:
         text = json.dumps(info.json, indent=2, ensure_ascii=False)
     else:
         text = f"{info.ref}: data blob, {info.size} bytes"
     _emit(ctx, info, text)
+
+
+def _permanode_text(d) -> str:
+    lines = [f"permanode {d.permanode}"]
+    if d.info is not None:
+        lines.append(f"  signed by {d.info.key_id}")
+    for name, values in sorted(d.state.attributes.items()):
+        lines.append(f"  {name} = {', '.join(values)}")
+    lines.append("claims:")
+    for h in d.history:
+        c = h.claim
+        edits = "; ".join(f"{ch.claim_type} {ch.attribute}"
+                          + (f" {ch.value}" if ch.value is not None else "") for ch in c.changes)
+        lines.append(f"  {c.date}  {edits}{'  (deleted)' if h.deleted else ''}  {str(c.ref)[:19]}")
+    for h in d.deleted_by:
+        lines.append(f"  deleted by {h.claim.ref} at {h.claim.date}"
+                     f"{' (undone)' if h.deleted else ''}")
+    for bad in d.invalid:
+        lines.append(f"  ignored {bad.ref}: {bad.reason}")
+    return "\n".join(lines)
+
 
 @app.command()
 def check(ctx: typer.Context,
@@ -317,6 +355,118 @@ def reindex(ctx: typer.Context):
         report = api.reindex(repo, _progress(ctx))
     _emit(ctx, report, f"indexed {report.blobs_added} blobs from {report.packs_added} packs"
           + (f"; {len(report.damaged)} damaged packs skipped (run check)" if report.damaged else ""))
+
+
+# -- the Git-style porcelain ---------------------------------------------------
+
+@app.command()
+def snapshot(ctx: typer.Context,
+             path: Path = typer.Argument(..., help="The directory to snapshot."),
+             series: Optional[str] = typer.Option(
+                 None, "--series", "-s", help="Series name (default: the absolute path)."),
+             tags: List[str] = typer.Option([], "--tag", "-t", help="Tag the series (repeatable)."),
+             excludes: List[str] = typer.Option(
+                 [], "--exclude", "-e", help="gitignore-style pattern to leave out (repeatable).")):
+    """Snapshot a directory into its series; print the snapshot's claim ref."""
+    with _open(ctx) as repo:
+        summary = api.snapshot(repo, path, series, tags, excludes, _progress(ctx))
+    _emit(ctx, summary, summary.claim)
+    _report_skipped(ctx, summary.errors)
+
+
+@app.command()
+def log(ctx: typer.Context,
+        series: Optional[str] = typer.Argument(None, help="Series name (default: every series).")):
+    """A series' snapshots newest first, or every series with its latest snapshot."""
+    with _open(ctx) as repo:
+        entries = api.log(repo, series)
+    lines = []
+    for e in entries:
+        where = f"@{e.number}" if e.number is not None else "  "
+        mark = "" if e.verified else "  [signature does not verify: ignored]"
+        added = f"+{_size(e.added_bytes)}" if e.added_bytes is not None else ""
+        head = e.series if series is None else where
+        lines.append(f"{e.claim[:19]}  {e.date}  {head}  root {e.root[:19]}  "
+                     f"key {e.key_id}  {added}{mark}")
+    _emit(ctx, entries, "\n".join(lines) if lines else "no snapshots yet")
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+@app.command()
+def checkout(ctx: typer.Context,
+             spec: str = typer.Argument(..., help="SERIES[@REV][:PATH] or a blobref prefix."),
+             output: Path = typer.Option(..., "--output", "-o", help="Directory to restore into."),
+             force: bool = typer.Option(False, "--force", help="Restore into a non-empty directory.")):
+    """Restore a snapshot, or the file or subtree at PATH in it, into --output."""
+    with _open(ctx) as repo:
+        result = api.checkout(repo, spec, output, force, _progress(ctx))
+    _emit(ctx, result, f"restored {result.files} files, {result.dirs} directories "
+          f"({_size(result.bytes_written)}) into {output}")
+    _report_skipped(ctx, result.errors)
+
+
+series_app = typer.Typer(help="List series, or manage one.", invoke_without_command=True)
+app.add_typer(series_app, name="series")
+
+
+@series_app.callback()
+def series_list(ctx: typer.Context):
+    """List every series with its tags."""
+    if ctx.invoked_subcommand is not None:
+        return
+    with _open(ctx) as repo:
+        found = api.list_series(repo)
+    _emit(ctx, [{"name": s.name, "permanode": str(s.permanode), "tags": list(s.tags),
+                 "created": str(s.created) if s.created else None} for s in found],
+          "\n".join(f"{s.name}  {str(s.permanode)[:19]}  {' '.join(s.tags)}" for s in found)
+          or "no series yet")
+
+
+@app.command()
+def ls(ctx: typer.Context,
+       spec: str = typer.Argument(..., help="SERIES[@REV][:PATH] or a blobref prefix.")):
+    """List the files in a snapshot (or below PATH in it)."""
+    with _open(ctx) as repo:
+        entries = api.ls(repo, spec)
+    _emit(ctx, entries, "\n".join(
+        f"{e.mode or '    '}  {'' if e.size is None else e.size:>12}  {e.mtime or '':<30}  "
+        f"{e.path}{'/' if e.type == 'directory' else ''}" for e in entries))
+
+
+@app.command()
+def diff(ctx: typer.Context, a: str = typer.Argument(..., help="SERIES@REV (older)."),
+         b: str = typer.Argument(..., help="SERIES@REV (newer).")):
+    """Paths added (+), removed (-) and changed (M) between two snapshots."""
+    with _open(ctx) as repo:
+        result = api.diff(repo, a, b)
+    as_text = {"added": [os.fsdecode(p) for p in result.added],
+               "removed": [os.fsdecode(p) for p in result.removed],
+               "changed": [os.fsdecode(p) for p in result.changed]}
+    lines = sorted([(p, "+") for p in as_text["added"]] + [(p, "-") for p in as_text["removed"]]
+                   + [(p, "M") for p in as_text["changed"]])
+    _emit(ctx, as_text, "\n".join(f"{mark} {p}" for p, mark in lines))
+
+
+@app.command()
+def attr(ctx: typer.Context,
+         permanode: str = typer.Argument(..., help="Permanode blobref or unique prefix."),
+         name: str = typer.Argument(...), value: Optional[str] = typer.Argument(None),
+         add: bool = typer.Option(False, "--add", help="Add a value (set replaces)."),
+         delete: bool = typer.Option(False, "--del", help="Delete the value (or all values).")):
+    """Set, add or delete an attribute on a permanode with a signed claim (pk-put attr)."""
+    if add and delete:
+        raise UsageError("--add and --del exclude each other")
+    mode = "add" if add else "del" if delete else "set"
+    with _open(ctx) as repo:
+        claim = api.attr(repo, permanode, name, value, mode)
+    _emit(ctx, {"claim": str(claim)}, str(claim))
 
 
 # -- entry point ---------------------------------------------------------------

@@ -28,3 +28,14 @@ class _NoProgress:
 
 
 NO_PROGRESS: Progress = _NoProgress()
+
+
+def bytes_of(progress: Progress, event_type: type):
+    """An event callback that advances `progress` by `event.n` for one event type.
+
+    The tree walkers report small event objects; a bar counts bytes.
+    """
+    def on_event(event) -> None:
+        if isinstance(event, event_type):
+            progress.advance(event.n)
+    return on_event

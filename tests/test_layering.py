@@ -18,7 +18,9 @@ LAYERS = {
     "pkvc.pack": 3,
     "pkvc.index": 4, "pkvc.keyslots": 4,
     "pkvc.repo": 5,
-    "pkvc.tree": 6, "pkvc.restore": 6, "pkvc.check": 6,
+    "pkvc.tree": 6, "pkvc.restore": 6, "pkvc.excludes": 6, "pkvc.filecache": 6,
+    "pkvc.identity": 7, "pkvc.claims": 7, "pkvc.series": 7, "pkvc.snapshot": 7,
+    "pkvc.check": 7,
     "pkvc.api": 8,
     "pkvc.cli": 9, "pkvc.__main__": 10,
 }

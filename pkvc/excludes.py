@@ -1,0 +1,76 @@
+"""What a snapshot leaves out: gitignore patterns, `.pkvcignore`, cache dirs.
+
+Patterns use gitignore syntax (pathspec's GitIgnoreSpec): those given on
+the command line apply from the snapshot's top; a `.pkvcignore` file in
+any directory applies to that directory's subtree, as `.gitignore` does.
+A directory holding a valid `CACHEDIR.TAG` (https://bford.info/cachedir/)
+is skipped whole, as restic's and borg's `--exclude-caches` do.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pathspec
+
+IGNORE_FILE = b".pkvcignore"
+CACHEDIR_TAG = b"CACHEDIR.TAG"
+CACHEDIR_SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"
+
+
+def _spec(lines) -> pathspec.GitIgnoreSpec | None:
+    lines = [line for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    return pathspec.GitIgnoreSpec.from_lines(lines) if lines else None
+
+
+class Excluder:
+    """Callable `(relative path, is_dir) -> bool` for `tree.put_path(exclude=...)`."""
+
+    def __init__(self, top, patterns=(), ignore_files: bool = True, exclude_caches: bool = True):
+        self.top = os.fsencode(os.path.abspath(os.fspath(top)))
+        self.ignore_files = ignore_files
+        self.exclude_caches = exclude_caches
+        self._specs: dict[bytes, pathspec.GitIgnoreSpec | None] = {b"": None}
+        self._given = _spec(patterns)
+        self.excluded = 0
+
+    def __call__(self, rel: bytes, is_dir: bool) -> bool:
+        if self._matches(rel, is_dir) or (is_dir and self.exclude_caches and self._is_cache(rel)):
+            self.excluded += 1
+            return True
+        return False
+
+    def _matches(self, rel: bytes, is_dir: bool) -> bool:
+        text = os.fsdecode(rel) + ("/" if is_dir else "")
+        if self._given is not None and self._given.match_file(text):
+            return True
+        if not self.ignore_files:
+            return False
+        parts = rel.split(b"/")
+        for depth in range(len(parts)):
+            spec = self._dir_spec(b"/".join(parts[:depth]))
+            if spec is not None:
+                below = os.fsdecode(b"/".join(parts[depth:])) + ("/" if is_dir else "")
+                if spec.match_file(below):
+                    return True
+        return False
+
+    def _dir_spec(self, rel_dir: bytes) -> pathspec.GitIgnoreSpec | None:
+        if rel_dir not in self._specs:
+            self._specs[rel_dir] = self._read_spec(rel_dir)
+        return self._specs[rel_dir]
+
+    def _read_spec(self, rel_dir: bytes) -> pathspec.GitIgnoreSpec | None:
+        path = os.path.join(self.top, rel_dir, IGNORE_FILE) if rel_dir else os.path.join(self.top, IGNORE_FILE)
+        try:
+            with open(path, "rb") as f:
+                return _spec(f.read().decode("utf-8", "surrogateescape").splitlines())
+        except OSError:
+            return None
+
+    def _is_cache(self, rel: bytes) -> bool:
+        try:
+            with open(os.path.join(self.top, rel, CACHEDIR_TAG), "rb") as f:
+                return f.read(len(CACHEDIR_SIGNATURE)) == CACHEDIR_SIGNATURE
+        except OSError:
+            return False

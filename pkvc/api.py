@@ -240,7 +240,7 @@ def ls(repo: Repository, spec: str) -> list[ListedEntry]:
         meta = getattr(blob, "meta", None)
         out.append(ListedEntry(
             os.fsdecode(entry.path), blob.camli_type, getattr(blob, "size", None),
-            meta.permission_string() if meta is not None and meta.permission is not None else None,
+            meta.to_map().get("unixPermission") if meta is not None else None,
             str(meta.mtime) if meta is not None and meta.mtime is not None else None,
             str(entry.ref)))
     return out

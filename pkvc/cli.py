@@ -12,7 +12,7 @@ import os
 import shlex
 import subprocess
 import sys
-from dataclasses import asdict, is_dataclass
+from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import List, Optional
 
@@ -20,6 +20,7 @@ import typer
 from tqdm import tqdm
 
 from pkvc import api
+from pkvc.schema.timefmt import SchemaTime
 from pkvc.errors import (EXIT_CODES, EXIT_INTERRUPTED, EXIT_USAGE, PartialError, PkvcError,
                          UsageError)
 
@@ -162,14 +163,16 @@ def _progress(ctx: typer.Context) -> TqdmProgress:
 
 
 def _jsonable(value):
+    if isinstance(value, SchemaTime):
+        return str(value)
     if is_dataclass(value):
-        return {k: _jsonable(v) for k, v in asdict(value).items()}
+        return {f.name: _jsonable(getattr(value, f.name)) for f in fields(value)}
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, set)):
         return [_jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
+    if isinstance(value, (Path, bytes)):
+        return os.fsdecode(value)
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     return str(value)

@@ -53,17 +53,12 @@ def reopen(repo_path, cache_dir):
 # -- signing: ONE generated RSA-3072 key per test session ------------------------
 
 @pytest.fixture(scope="session")
-def repo_signer(request):
-    """The session's one generated key (shared with test_gpg/test_jsonsign via the config)."""
+def repo_signer():
+    """The session's one generated RSA-3072 key (key generation takes seconds)."""
     from pkvc.gpg import GnupgHome
 
-    shared = getattr(request.config, "_pkvc_test_signer", None)
-    if shared is None:
-        home = GnupgHome()
-        request.config.add_cleanup(home.close)
-        shared = home.signer(home.generate_key("pkvc repository test-session"))
-        request.config._pkvc_test_signer = shared
-    return shared
+    with GnupgHome() as home:
+        yield home.signer(home.generate_key("pkvc repository test-session"))
 
 
 @pytest.fixture

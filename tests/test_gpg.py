@@ -10,32 +10,15 @@ from pathlib import Path
 
 import pytest
 
+from vectors import vectors_dir
+
 from pkvc import openpgp
 from pkvc.blobref import BlobRef
 from pkvc.gpg import GnupgError, GnupgHome, open_signer
 from pkvc.schema import jsonsign
 
-VECTORS = Path(__file__).resolve().parents[2] / "shared" / "perkeep-vectors"
 CAMLI_TESTER_FPR = "FBB89AA320A2806FE497C0492931A67C26F5ABDA"
 PASSWORD_FOO_FPR = "9031130A712050EC3097D46A08FEC22AC7C3E176"
-
-
-def _vectors() -> Path:
-    if not VECTORS.is_dir():
-        pytest.skip(f"perkeep vectors not found at {VECTORS}")
-    return VECTORS
-
-
-@pytest.fixture(scope="session")
-def repo_signer(request):
-    """ONE RSA-3072 key per test session, shared with test_jsonsign.py via the config."""
-    shared = getattr(request.config, "_pkvc_test_signer", None)
-    if shared is None:
-        home = GnupgHome()
-        request.config.add_cleanup(home.close)
-        shared = home.signer(home.generate_key("pkvc repository test-session"))
-        request.config._pkvc_test_signer = shared
-    return shared
 
 
 @pytest.fixture
@@ -43,7 +26,7 @@ def user_home():
     """Stands in for the user's own GNUPGHOME, holding Perkeep's test keys."""
     with GnupgHome() as home:
         for name in ("test-secring.gpg", "password-foo-secring.gpg"):
-            assert home.gpg.import_keys((_vectors() / "keys" / name).read_bytes()).sec_imported == 1
+            assert home.gpg.import_keys((vectors_dir() / "keys" / name).read_bytes()).sec_imported == 1
         yield home
 
 
@@ -62,7 +45,7 @@ def test_home_is_private_and_removed_with_its_agent(tmp_path):
     with GnupgHome(parent=tmp_path) as home:
         path = home.path
         assert stat.S_IMODE(path.stat().st_mode) == 0o700
-        home.import_public_key((_vectors() / "keys/camli-testuser-two-851E08B24BEC5AB5.asc").read_bytes())
+        home.import_public_key((vectors_dir() / "keys/camli-testuser-two-851E08B24BEC5AB5.asc").read_bytes())
     assert not path.exists()
     assert list(tmp_path.iterdir()) == []
 
@@ -140,7 +123,7 @@ def test_secret_key_round_trips_through_a_new_home(repo_signer):
 
 
 def test_signer_refuses_another_keys_blob(repo_signer):
-    other = (_vectors() / "keys/camli-testuser-two-851E08B24BEC5AB5.asc").read_bytes()
+    other = (vectors_dir() / "keys/camli-testuser-two-851E08B24BEC5AB5.asc").read_bytes()
     with pytest.raises(GnupgError, match="is for"):
         repo_signer.home.signer(repo_signer.fingerprint, public_key=other)
 
@@ -158,7 +141,7 @@ def test_generate_key_refuses_odd_user_ids(user_id):
 
 def test_gnupg_will_not_import_perkeeps_bare_key_blob():
     """The trap that makes pkvc verify in Python (README section 1)."""
-    bare = (_vectors() / "keys/camli-tester-2931A67C26F5ABDA.perkeep-armor.asc").read_bytes()
+    bare = (vectors_dir() / "keys/camli-tester-2931A67C26F5ABDA.perkeep-armor.asc").read_bytes()
     with GnupgHome() as home, pytest.raises(GnupgError, match="no public key"):
         home.import_public_key(bare)
 

@@ -10,6 +10,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+
+from vectors import vectors_dir
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -20,7 +22,6 @@ from pkvc.gpg import GnupgHome
 from pkvc.schema import jsonsign
 from pkvc.schema.jsonsign import MissingSignerKeyError
 
-VECTORS = Path(__file__).resolve().parents[2] / "shared" / "perkeep-vectors"
 USER_TWO = "sha1-f019d17dd308eebbd49fd94536eb67214c2f0587"
 CAMLI_TESTER = "sha1-f2b0b7da718b97ce8c31591d8ed4645c777f3ef4"
 PERKEEP_SIGNER = "sha224-a794846212ff67acdd00c6b90eee492baf674d41da8a621d2e8042dd"
@@ -55,17 +56,11 @@ EXPECTED = {
 UNVERIFIABLE = "signed/share-unverifiable.sha1-102758fb.json"
 
 
-def _vectors() -> Path:
-    if not VECTORS.is_dir():
-        pytest.skip(f"perkeep vectors not found at {VECTORS}")
-    return VECTORS
-
-
 @pytest.fixture(scope="module")
 def key_blobs() -> dict[BlobRef, bytes]:
     """Every armored key blob, under its sha1 and its sha224 ref."""
     blobs = {}
-    for path in (_vectors() / "keys").iterdir():
+    for path in (vectors_dir() / "keys").iterdir():
         if path.suffix != ".gpg":
             data = path.read_bytes()
             blobs[BlobRef.of(data, "sha1")] = data
@@ -76,23 +71,11 @@ def key_blobs() -> dict[BlobRef, bytes]:
 @pytest.fixture(scope="module")
 def blobs() -> dict[str, bytes]:
     """Every verifiable signed vector by its path under the vector directory."""
-    vectors = _vectors()
+    vectors = vectors_dir()
     found = {str(p.relative_to(vectors)) for p in vectors.glob("signed*/*.json")}
     found -= {"signed/doc-example.J.json", UNVERIFIABLE}
     assert found == set(EXPECTED)
     return {name: (vectors / name).read_bytes() for name in EXPECTED}
-
-
-@pytest.fixture(scope="session")
-def repo_signer(request):
-    """ONE RSA-3072 key per test session, shared with test_gpg.py via the config."""
-    shared = getattr(request.config, "_pkvc_test_signer", None)
-    if shared is None:
-        home = GnupgHome()
-        request.config.add_cleanup(home.close)
-        shared = home.signer(home.generate_key("pkvc repository test-session"))
-        request.config._pkvc_test_signer = shared
-    return shared
 
 
 def _bp(blob: bytes) -> bytes:
@@ -125,7 +108,7 @@ def test_sha224_era_signer_is_perkeeps_bare_key_blob(blobs, key_blobs):
 
 
 def test_unverifiable_share_has_its_signer_key_missing(key_blobs):
-    blob = (_vectors() / UNVERIFIABLE).read_bytes()
+    blob = (vectors_dir() / UNVERIFIABLE).read_bytes()
     with pytest.raises(MissingSignerKeyError, match=r"signer key sha1-3bee195d\S* missing"):
         jsonsign.verify(blob, key_blobs.get)
 
@@ -192,7 +175,7 @@ def test_split_uses_the_last_separator(blobs):
 
 def test_doc_example_bp_is_t(blobs):
     bp, _ = jsonsign.split_signed(blobs["signed/doc-example.signed.json"])
-    assert bp == (_vectors() / "signed/doc-example.T.txt").read_bytes()
+    assert bp == (vectors_dir() / "signed/doc-example.T.txt").read_bytes()
 
 
 @pytest.mark.parametrize("blob,match", [
@@ -217,7 +200,7 @@ def test_malformed_camli_sig_is_a_signature_error(key_blobs):
 
 
 def test_doc_example_t_is_j_trimmed():
-    vectors = _vectors()
+    vectors = vectors_dir()
     j = (vectors / "signed/doc-example.J.json").read_bytes()
     assert jsonsign.signed_payload(j) == (vectors / "signed/doc-example.T.txt").read_bytes()
 
@@ -236,7 +219,7 @@ def test_signed_payload_trims_go_whitespace_only():
 
 
 def test_doc_example_detached_signature_verifies(key_blobs):
-    vectors = _vectors()
+    vectors = vectors_dir()
     key = openpgp.read_public_key((vectors / "keys/camli-tester-2931A67C26F5ABDA.doc-public-key.txt").read_bytes())
     sig = openpgp.read_signature((vectors / "signed/doc-example.detachsig.asc").read_bytes())
     t = (vectors / "signed/doc-example.T.txt").read_bytes()
@@ -347,7 +330,7 @@ def test_expired_signature_is_refused_only_when_now_is_given(repo_signer):
 
 def test_perkeeps_test_key_signs_for_its_bare_key_blob(key_blobs):
     """pkvc signing with Perkeep's key names Perkeep's user-ID-less key blob."""
-    vectors = _vectors()
+    vectors = vectors_dir()
     bare = key_blobs[BlobRef.parse(PERKEEP_SIGNER)]
     with GnupgHome() as home:
         fingerprint = home.gpg.import_keys((vectors / "keys/test-secring.gpg").read_bytes()).fingerprints[0]

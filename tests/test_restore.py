@@ -1,8 +1,6 @@
 """restore: trees come back exactly, and hostile blobs write nothing outside."""
 
 import os
-import pwd
-import stat
 from pathlib import Path
 
 import pytest

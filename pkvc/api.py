@@ -265,3 +265,145 @@ def describe_permanode(repo: Repository, text: str, at: str | None = None):
         return series_mod.describe_permanode(repo, ref, when)
     except (UsageError, BlobNotFoundError):
         return None
+
+
+# -- sharing -------------------------------------------------------------------
+# (imports kept here so this section stays self-contained; see docs/sharing.md)
+
+from pkvc import bundle as bundle_mod, pull as pull_mod  # noqa: E402
+from pkvc import share as share_mod, sharekey  # noqa: E402
+from pkvc.claims import ClaimsIndex  # noqa: E402
+
+
+@dataclass
+class ShareCreated:
+    share: str
+    target: str
+    transitive: bool
+    expires: str | None
+    url: str | None
+    place: share_mod.TargetPlace | None
+    bundle: bundle_mod.BundleSummary | None = None
+
+
+@dataclass
+class ShareListing:
+    share: str
+    target: str
+    transitive: bool
+    expires: str | None
+    expired: bool
+    revoked: bool
+    live: bool
+    created: str
+    key_id: str
+    series: str | None
+    snapshot: str | None
+    date: str | None
+    path: str | None
+    url: str | None
+
+
+def share_url(url_base: str | None, ref) -> str | None:
+    return f"{url_base.rstrip('/')}/share/{ref}" if url_base else None
+
+
+def share_target(repo: Repository, spec: str) -> tuple[BlobRef, share_mod.TargetPlace | None]:
+    """What `share SPEC` shares: SERIES[@REV][:PATH], a blobref, or a unique prefix."""
+    ref = BlobRef.parse_or_none(spec)
+    if ref is not None:
+        return ref, None
+    try:
+        found = series_mod.resolve(repo, spec)
+    except (UsageError, BlobNotFoundError):
+        if "-" in spec and spec.split("-", 1)[0].isalnum():
+            return resolve_ref(repo, spec), None
+        raise
+    place = share_mod.TargetPlace(found.series.name if found.series else "", str(found.snapshot.claim),
+                                  str(found.snapshot.date), os.fsdecode(found.path or b""))
+    return found.ref, place
+
+
+def share(repo: Repository, spec: str, expires: str | None = None, transitive: bool = True,
+          url_base: str | None = None, bundle: Path | None = None, to: str | None = None,
+          progress: Progress = NO_PROGRESS) -> ShareCreated:
+    """Sign a share of what `spec` names; with `bundle`, also write it sealed to `to`."""
+    if (bundle is None) != (to is None):
+        raise UsageError("--bundle FILE and --to PUBLIC_KEY go together")
+    if bundle is not None and not transitive:
+        raise UsageError("a bundle carries the whole tree: --no-transitive does not apply")
+    recipient = sharekey.parse_public_key(to) if to is not None else None
+    if bundle is not None and (not Path(bundle).parent.is_dir() or Path(bundle).is_dir()):
+        raise UsageError(f"cannot write a bundle to {bundle}: no such directory, or it is one")
+    target, place = share_target(repo, spec)
+    when = share_mod.parse_expiry(expires) if expires else None
+    with identity.open_identity(repo) as signer:
+        ref = share_mod.create_share(repo, signer, target, transitive=transitive, expires=when)
+    if place is not None:
+        share_mod.remember_place(repo, ref, place)
+    written = None
+    if bundle is not None:
+        written = bundle_mod.write_bundle(repo, ref, recipient, bundle, progress)
+    return ShareCreated(str(ref), str(target), transitive, str(when) if when else None,
+                        share_url(url_base, ref), place, written)
+
+
+def shares(repo: Repository, url_base: str | None = None) -> list[ShareListing]:
+    """Every share, revoked and expired ones too, with where its target sits."""
+    out = []
+    for s in share_mod.list_shares(repo, index=ClaimsIndex.open(repo)):
+        place = share_mod.place_of(repo, s.ref, s.target)
+        out.append(ShareListing(
+            str(s.ref), str(s.target), s.transitive, str(s.expires) if s.expires else None,
+            s.expired, s.revoked, s.live, str(s.created), s.key_id,
+            place.series if place else None, place.snapshot if place else None,
+            place.date if place else None, place.path if place else None,
+            share_url(url_base, s.ref)))
+    return out
+
+
+def unshare(repo: Repository, text: str) -> BlobRef:
+    """Revoke a share with a signed delete claim; the claim's ref."""
+    ref = resolve_ref(repo, text)
+    if ClaimsIndex.open(repo).is_deleted(ref):
+        raise UsageError(f"share {ref} is already revoked")
+    with identity.open_identity(repo) as signer:
+        return share_mod.revoke_share(repo, signer, ref)
+
+
+def sharing_identity(repo: Repository) -> str:
+    """The public sharing key (`x25519-<hex>`) that bundles for this repository are sealed to."""
+    return sharekey.sharing_key(repo).text
+
+
+def open_for_serving(session: Session, progress: Progress = NO_PROGRESS) -> Repository:
+    """Open read-only: a server that runs for days must hold no write lease, or a gc
+    would wait for it (and the lease would lapse while idle)."""
+    backend = open_backend(session.url)
+    try:
+        return Repository.open(backend, session.password, session.cache_dir, progress,
+                               lease=False)
+    except TypeError:  # a Repository without leases (before gc): every open is plain
+        return Repository.open(backend, session.password, session.cache_dir, progress)
+
+
+def serve(repo: Repository, listen: str | None = None, tls_cert: Path | None = None,
+          tls_key: Path | None = None, on_ready=None):
+    """Serve the repository's shares until SIGINT/SIGTERM (open it with open_for_serving);
+    returns a `server.ServeResult`. The HTTP stack is imported only by this command."""
+    from pkvc import server as server_mod
+    return server_mod.serve(repo, listen or server_mod.DEFAULT_LISTEN, tls_cert, tls_key,
+                            on_ready)
+
+
+def pull(repo: Repository, source: str, cache_dir: Path, series: str | None = None,
+         cafile: Path | None = None, progress: Progress = NO_PROGRESS) -> pull_mod.PullResult:
+    """Fetch a share from a server URL, or import a bundle file; all or nothing."""
+    if source.startswith(("http://", "https://")):
+        incoming = pull_mod.gather(repo, source, cache_dir, cafile, progress)
+    elif Path(source).is_file():
+        incoming = bundle_mod.read_bundle(repo, Path(source), cache_dir, progress)
+    else:
+        raise UsageError(f"{source!r} is neither an http(s) share URL nor a bundle file")
+    with identity.open_identity(repo) as signer:
+        return pull_mod.commit(repo, signer, incoming, series)

@@ -472,6 +472,122 @@ def attr(ctx: typer.Context,
     _emit(ctx, {"claim": str(claim)}, str(claim))
 
 
+# -- sharing -------------------------------------------------------------------
+
+_URL_BASE_HELP = ("Where `pkvc serve` is reached from outside, e.g. https://home.example:3179; "
+                  "share then prints the full URL (default: $PKVC_SHARE_URL).")
+
+
+@app.command()
+def share(ctx: typer.Context,
+          spec: str = typer.Argument(..., help="SERIES[@REV][:PATH], or the blobref (or unique "
+                                     "prefix) of a file or directory blob."),
+          expires: Optional[str] = typer.Option(
+              None, "--expires", help="Stop working after a duration (30d, 12h, 1w2d, 90m) or "
+              "at a date (2026-12-31, 2026-12-31T18:00:00Z)."),
+          no_transitive: bool = typer.Option(
+              False, "--no-transitive", help="Share only the target blob itself, not what it "
+              "links to (a directory's contents, a file's bytes)."),
+          url_base: Optional[str] = typer.Option(None, "--url-base", envvar="PKVC_SHARE_URL",
+                                                 help=_URL_BASE_HELP),
+          bundle: Optional[Path] = typer.Option(
+              None, "--bundle", help="Also write the share and everything it opens to this "
+              "file, sealed to --to (for carrying on a disk)."),
+          to: Optional[str] = typer.Option(
+              None, "--to", help="The recipient repository's sharing key, as its "
+              "`pkvc identity` prints it (x25519-...).")):
+    """Share a snapshot, directory or file with a signed share claim; print its ref (and URL)."""
+    with _open(ctx) as repo:
+        made = api.share(repo, spec, expires, not no_transitive, url_base, bundle, to,
+                         _progress(ctx))
+    lines = [made.share] + ([made.url] if made.url else [])
+    if made.bundle is not None:
+        lines.append(f"bundle {made.bundle.path}: {made.bundle.blobs} blobs, "
+                     f"{_size(made.bundle.size)}")
+    _emit(ctx, made, "\n".join(lines))
+
+
+@app.command()
+def shares(ctx: typer.Context,
+           url_base: Optional[str] = typer.Option(None, "--url-base", envvar="PKVC_SHARE_URL",
+                                                  help=_URL_BASE_HELP)):
+    """List shares: target, where it is in the snapshots, expiry, revoked or not."""
+    with _open(ctx) as repo:
+        found = api.shares(repo, url_base)
+    lines = []
+    for s in found:
+        state = "revoked" if s.revoked else "expired" if s.expired else "live"
+        where = (f"{s.series}@{{{s.date}}}:{s.path or '/'}" if s.series is not None
+                 else f"target {s.target[:19]}")
+        lines.append(f"{s.share[:19]}  {state:<7}  expires {s.expires or 'never':<24}  "
+                     f"{'' if s.transitive else '(target only)  '}{where}")
+    _emit(ctx, found, "\n".join(lines) if lines else "no shares")
+
+
+@app.command()
+def unshare(ctx: typer.Context,
+            share_ref: str = typer.Argument(..., metavar="SHAREREF",
+                                            help="The share's blobref or a unique prefix.")):
+    """Revoke a share with a signed delete claim; servers refuse it from then on."""
+    with _open(ctx) as repo:
+        claim = api.unshare(repo, share_ref)
+    _emit(ctx, {"claim": str(claim)}, str(claim))
+
+
+@app.command()
+def identity(ctx: typer.Context):
+    """Print this repository's public sharing key, to receive bundles (share --to)."""
+    with _open(ctx) as repo:
+        key = api.sharing_identity(repo)
+    _emit(ctx, {"sharing_key": key}, key)
+
+
+@app.command()
+def serve(ctx: typer.Context,
+          listen: str = typer.Option("127.0.0.1:3179", "--listen",
+                                     help="HOST:PORT to listen on (port 0: any free port)."),
+          tls_cert: Optional[Path] = typer.Option(None, "--tls-cert", help="PEM certificate "
+                                                  "(chain) for HTTPS."),
+          tls_key: Optional[Path] = typer.Option(None, "--tls-key", help="PEM private key for "
+                                                 "HTTPS.")):
+    """Serve this repository's shares (Perkeep's /share/ protocol) until Ctrl-C or SIGTERM."""
+    opts: Options = ctx.obj
+
+    def ready(url: str) -> None:
+        if opts.as_json:
+            typer.echo(json.dumps({"url": url, "share_prefix": f"{url}/share/"}))
+        elif not opts.quiet:
+            typer.echo(f"serving shares at {url}/share/ (Ctrl-C to stop)")
+
+    with api.open_for_serving(_session(ctx), _progress(ctx)) as repo:
+        result = api.serve(repo, listen, tls_cert, tls_key, ready)
+    if not opts.quiet and not opts.as_json:
+        typer.echo(f"pkvc: stopped{f' by {result.stopped_by}' if result.stopped_by else ''}",
+                   err=True)
+
+
+@app.command()
+def pull(ctx: typer.Context,
+         source: str = typer.Argument(..., help="A share URL (http[s]://HOST:PORT/share/<ref>) "
+                                      "or a bundle file."),
+         series: Optional[str] = typer.Option(
+             None, "--series", "-s", help="Local series to record it in (default: "
+             "shared-<first 12 hex digits of the share>)."),
+         tls_ca: Optional[Path] = typer.Option(
+             None, "--tls-ca", help="Trust this PEM certificate (or CA bundle) for https.")):
+    """Fetch a share (or import a bundle), verify every blob, record it as a snapshot."""
+    session = _session(ctx)
+    with api.open_repo(session, _progress(ctx)) as repo:
+        result = api.pull(repo, source, session.cache_dir, series, tls_ca, _progress(ctx))
+    snapshot_line = (f"snapshot {result.snapshot}" if result.snapshot
+                     else "already up to date: no new snapshot")
+    _emit(ctx, result,
+          f"pulled share {result.share} into series {result.series!r}\n"
+          f"{result.blobs_fetched} blobs ({_size(result.bytes_fetched)}) received, "
+          f"{result.blobs_present} already here; {snapshot_line}\n"
+          f"signed by key {result.fingerprint}")
+
+
 # -- entry point ---------------------------------------------------------------
 
 _GLOBAL_FLAGS = {"--json", "--quiet", "-q"}

@@ -21,6 +21,9 @@ LAYERS = {
     "pkvc.tree": 6, "pkvc.restore": 6, "pkvc.excludes": 6, "pkvc.filecache": 6,
     "pkvc.identity": 7, "pkvc.claims": 7, "pkvc.series": 7, "pkvc.snapshot": 7,
     "pkvc.check": 7,
+    "pkvc.staging": 6,
+    "pkvc.share": 7, "pkvc.access": 7, "pkvc.sharekey": 7, "pkvc.pull": 7, "pkvc.bundle": 7,
+    "pkvc.server": 8,
     "pkvc.api": 8,
     "pkvc.cli": 9, "pkvc.__main__": 10,
 }

@@ -25,8 +25,9 @@ run: install system-deps
 test: install system-deps
 	$(PY) -m pytest -q -p no:cacheprovider
 
+# The benchmark against restic and borg (docs/performance.md); e.g. BENCH_ARGS=--quick.
 bench: install system-deps
-	$(PY) -m bench
+	$(PY) -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .demo build *.egg-info

@@ -11,6 +11,15 @@ a *secondary* instance, which never locks, and writes by buffering changes
 and applying them in a short-lived primary instance under a file lock: a
 writer holds the database for milliseconds, never for a whole operation,
 and no user ever sees "database is locked".
+
+A blob may sit in several packs at once: a gc copies blobs out of a pack
+before deleting it, and a writer stores again a blob that a pending gc plan
+condemned. The `b` row names one copy (the *primary*); every other copy
+gets a `c` row, resolved under the lock when a batch is applied. When packs
+vanish, `forget_packs` promotes a surviving copy, so a blob stays findable
+as long as any pack holds it. Blobs condemned by a pending gc plan can be
+*hidden* from `blobs()` (set `hidden`): they are garbage in transit, which
+`check` must not follow; `all_blobs()` and `lookup()` still see them.
 """
 
 from __future__ import annotations
@@ -20,22 +29,25 @@ import os
 import secrets
 import shutil
 import struct
+import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import Iterable, Iterator, NamedTuple
 
 from rocksdict import AccessType, Options, Rdict, WriteBatch
 
 from pkvc.blobref import BlobRef
 from pkvc.pack import PackEntry
 
-FORMAT_VERSION = b"1"
+FORMAT_VERSION = b"2"  # 2: copy rows and the write sequence (gc)
 FLUSH_EVERY = 20_000
 
 _BLOB = b"b"  # b + ref key -> location
 _PACK = b"p"  # p + pack id (32 bytes) -> size, blob count
 _META_VERSION = b"m:version"
+_META_SEQ = b"m:seq"  # bumped by every write: tells whether a reader has caught up
 _TABLE = b"t"  # t + table name + NUL + key -> value: derived data kept by higher layers
+_COPY = b"c"  # c + key length (u8) + ref key + pack id (32 bytes) -> location of another copy
 _LOCATION = struct.Struct("<32sBBQII")  # pack id, kind, compression, offset, length, raw length
 _PACKINFO = struct.Struct("<QI")
 
@@ -63,6 +75,25 @@ def _decode_location(value: bytes) -> Location:
     return Location(raw_id.hex(), *rest)
 
 
+def _copy_prefix(ref_key: bytes) -> bytes:
+    return _COPY + bytes([len(ref_key)]) + ref_key
+
+
+def _copy_key(ref_key: bytes, raw_pack_id: bytes) -> bytes:
+    return _copy_prefix(ref_key) + raw_pack_id
+
+
+def _prefix_scan(db, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+    it = db.iter()
+    it.seek(prefix)
+    while it.valid():
+        key = it.key()
+        if not key.startswith(prefix):
+            break
+        yield key, it.value()
+        it.next()
+
+
 def _options(readonly: bool) -> Options:
     opts = Options(raw_mode=True)
     opts.create_if_missing(not readonly)
@@ -79,11 +110,16 @@ class Index:
         self.folder.mkdir(parents=True, exist_ok=True)
         self._db_path = self.folder / "db"
         self._pending: dict[bytes, bytes | None] = {}
+        self.hidden = None  # a set of refs (e.g. sessions.RefSet) that blobs() leaves out
         self.was_reset = self._prepare()
         self._secondary = self.folder / "secondary" / f"{os.getpid()}-{secrets.token_hex(4)}"
         self._secondary.parent.mkdir(exist_ok=True)
-        self._reader = Rdict(str(self._db_path), _options(True),
-                             access_type=AccessType.secondary(str(self._secondary)))
+        self._seen_seq = 0  # the highest write sequence this process knows was applied
+        self._reader = self._open_reader()
+
+    def _open_reader(self) -> Rdict:
+        return Rdict(str(self._db_path), _options(True),
+                     access_type=AccessType.secondary(str(self._secondary)))
 
     # -- opening -------------------------------------------------------
 
@@ -142,20 +178,72 @@ class Index:
         value = self._pending.get(key, b"") if key in self._pending else self._reader.get(key)
         return _decode_location(value) if value else None
 
-    def refresh(self) -> None:
-        """See what other processes have written since we opened."""
-        self._reader.try_catch_up_with_primary()
+    def refresh(self, latest: bool = False) -> None:
+        """See what was written since we opened: at least every write of this
+        process, and with `latest` every write of any process so far.
+
+        A secondary instance does not always catch up with a primary that is
+        opened and closed for each write; so every write bumps a sequence
+        number, and a reader that stays behind the one we need is reopened.
+        """
+        if latest:
+            with self._writer() as db:
+                if db is not None:
+                    self._seen_seq = max(self._seen_seq, _seq(db.get(_META_SEQ)))
+        for attempt in range(20):
+            self._reader.try_catch_up_with_primary()
+            if _seq(self._reader.get(_META_SEQ)) >= self._seen_seq:
+                return
+            self._reader.close()
+            if attempt:
+                time.sleep(0.01 * attempt)
+            self._reader = self._open_reader()
+        raise OSError(f"index at {self._db_path}: cannot catch up with its writes")
+
+    def _write(self, db, batch: WriteBatch) -> None:
+        """Apply a batch in the primary, bumping the write sequence."""
+        seq = _seq(db.get(_META_SEQ)) + 1
+        batch.put(_META_SEQ, seq.to_bytes(8, "big"))
+        db.write(batch)
+        self._seen_seq = max(self._seen_seq, seq)
 
     def packs(self) -> dict[str, int]:
         """Pack id -> size, for every pack whose header the index holds."""
         self.flush()
         return {k[1:].hex(): _PACKINFO.unpack(v)[0] for k, v in self._scan(_PACK)}
 
+    def locations(self, ref: BlobRef) -> list[Location]:
+        """Every known copy of the blob, the primary first."""
+        primary = self.lookup(ref)
+        if primary is None:
+            return []
+        found = [primary]
+        for _, value in self._scan(_copy_prefix(ref.to_key())):
+            loc = _decode_location(value)
+            if loc.pack_id != primary.pack_id:
+                found.append(loc)
+        return found
+
     def blobs(self) -> Iterator[tuple[BlobRef, Location]]:
-        """Every indexed blob, in ref-key order."""
+        """Every indexed blob (primary copy), in ref-key order, leaving out `hidden` ones."""
+        self.flush()
+        hidden = self.hidden
+        for key, value in self._scan(_BLOB):
+            if hidden and key[1:] in hidden:
+                continue
+            yield BlobRef.from_key(key[1:]), _decode_location(value)
+
+    def all_blobs(self) -> Iterator[tuple[bytes, Location]]:
+        """(ref key, primary location) of every indexed blob, hidden or not, in key order."""
         self.flush()
         for key, value in self._scan(_BLOB):
-            yield BlobRef.from_key(key[1:]), _decode_location(value)
+            yield key[1:], _decode_location(value)
+
+    def all_copies(self) -> Iterator[tuple[bytes, Location]]:
+        """(ref key, location) of every copy that is not the primary one."""
+        self.flush()
+        for key, value in self._scan(_COPY):
+            yield key[2:2 + key[1]], _decode_location(value)
 
     def count_blobs(self) -> int:
         return sum(1 for _ in self._scan(_BLOB))
@@ -201,37 +289,103 @@ class Index:
         if len(self._pending) >= FLUSH_EVERY:
             self.flush()
 
-    def forget_packs(self, pack_ids: set[str]) -> int:
-        """Drop packs that are gone and every blob entry pointing into them."""
+    def forget_packs(self, pack_ids: set[str], keys: Iterable[bytes] | None = None) -> int:
+        """Drop packs that are gone: a blob in one of them falls back to another
+        copy if it has one, else its entry goes. `keys` (the ref keys the packs
+        held, from their headers) spares a scan of the whole index. Returns the
+        entries dropped or moved.
+
+        Every row is re-read and changed under the lock, and the pack rows go
+        last: whoever sees a pack gone from `packs()` finds no entry left in it
+        (the claims index relies on that when it drops a pack's claims).
+        """
         if not pack_ids:
             return 0
-        raw_ids = {bytes.fromhex(p) for p in pack_ids}
-        dropped = 0
-        for key, value in list(self._scan(_BLOB)):
-            if value[:32] in raw_ids:
-                self._pending[key] = None
-                dropped += 1
-        for raw in raw_ids:
-            self._pending[_PACK + raw] = None
         self.flush()
-        return dropped
-
-    def flush(self) -> None:
-        """Apply buffered changes in one short write, then catch up."""
-        if not self._pending:
-            return
-        batch = WriteBatch(raw_mode=True)
-        for key, value in self._pending.items():
-            if value is None:
-                batch.delete(key)
-            else:
-                batch.put(key, value)
+        raw_ids = {bytes.fromhex(p) for p in pack_ids}
+        if keys is None:
+            self.refresh()
+            candidates = [key[1:] for key, value in self._scan(_BLOB) if value[:32] in raw_ids]
+            candidates += [key[2:2 + key[1]] for key, value in self._scan(_COPY)
+                           if value[:32] in raw_ids]
+        else:
+            candidates = list(keys)
+        moved = 0
+        for start in range(0, len(candidates), FLUSH_EVERY):
+            with self._writer() as db:
+                if db is None:
+                    raise OSError(f"index at {self._db_path} cannot be opened for writing")
+                batch = WriteBatch(raw_mode=True)
+                for ref_key in candidates[start:start + FLUSH_EVERY]:
+                    moved += _drop_copies(db, batch, ref_key, raw_ids)
+                self._write(db, batch)
         with self._writer() as db:
             if db is None:
                 raise OSError(f"index at {self._db_path} cannot be opened for writing")
-            db.write(batch)
+            batch = WriteBatch(raw_mode=True)
+            for raw in raw_ids:
+                batch.delete(_PACK + raw)
+            self._write(db, batch)
+        self.refresh()
+        return moved
+
+    def flush(self) -> None:
+        """Apply buffered changes in one short write, then catch up.
+
+        A blob row for a blob already indexed in another (still known) pack
+        becomes a copy row: the first copy stays the primary one.
+        """
+        if not self._pending:
+            return
+        with self._writer() as db:
+            if db is None:
+                raise OSError(f"index at {self._db_path} cannot be opened for writing")
+            batch = WriteBatch(raw_mode=True)
+            written: dict[bytes, bytes | None] = {}
+
+            def current(key: bytes) -> bytes | None:
+                return written[key] if key in written else db.get(key)
+
+            for key, value in self._pending.items():
+                if value is not None and key[:1] == _BLOB:
+                    existing = current(key)
+                    if (existing and existing[:32] != value[:32]
+                            and current(_PACK + existing[:32]) is not None):
+                        key = _copy_key(key[1:], value[:32])
+                if value is None:
+                    batch.delete(key)
+                else:
+                    batch.put(key, value)
+                written[key] = value
+            self._write(db, batch)
         self._pending.clear()
         self.refresh()
+
+
+def _seq(value: bytes | None) -> int:
+    return int.from_bytes(value, "big") if value else 0
+
+
+def _drop_copies(db, batch: WriteBatch, ref_key: bytes, gone: set[bytes]) -> int:
+    """Under the lock: remove the blob's rows into `gone` packs, promoting a
+    surviving copy to primary if the primary went. Returns 1 if anything changed."""
+    changed = 0
+    survivor = None
+    for key, value in _prefix_scan(db, _copy_prefix(ref_key)):
+        if value[:32] in gone:
+            batch.delete(key)
+            changed = 1
+        elif survivor is None and db.get(_PACK + value[:32]) is not None:
+            survivor = (key, value)
+    primary = db.get(_BLOB + ref_key)
+    if primary is not None and primary[:32] in gone:
+        changed = 1
+        if survivor is None:
+            batch.delete(_BLOB + ref_key)
+        else:
+            batch.put(_BLOB + ref_key, survivor[1])
+            batch.delete(survivor[0])
+    return changed
 
 
 def _process_alive(pid: int) -> bool:

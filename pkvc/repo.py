@@ -3,17 +3,29 @@
 It is the only user of the pack format, the index and the backend, and the
 one place that checks that bytes match their blobref (on put and on get).
 Above it, code speaks only of blobs: `put / get / has / enumerate / remove`.
+
+Writers and a gc share the repository through leases and plans
+(`pkvc.sessions`, docs/gc.md): a repository opened with `lease=True` (the
+default) takes a lease before its first `has` or `put`, renews it while it
+works and ends it on `close` (or `end_lease`). While it holds a lease,
+`has` answers for deduplication: a blob that a pending gc plan condemns
+counts as absent unless a copy of it lives outside the plan's packs, so the
+writer stores it again instead of relying on a copy about to go. Opened
+with `lease=False` (check, restore, gc itself) the repository cannot `put`
+and `has` says what is stored. `enumerate` leaves out blobs a pending plan
+condemns (garbage in transit); `all_locations` lists every copy.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
+import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterable, Iterator
 
 from pkvc import crypto, keyslots
 from pkvc.backends import Backend
@@ -22,14 +34,17 @@ from pkvc.chunker import ChunkerParams
 from pkvc.errors import (BackendError, BlobNotFoundError, IntegrityError, NoRepositoryError,
                          PkvcError, RepositoryExistsError, UsageError)
 from pkvc.index import Index, Location
-from pkvc.pack import (KIND_DATA, KIND_SCHEMA, KIND_SIGNED, TARGET_PACK_SIZE, PackEntry,
-                       PackWriter, open_blob, pack_id_from_name, pack_name, read_header)
+from pkvc.pack import (KIND_DATA, KIND_SCHEMA, KIND_SIGNED, TARGET_PACK_SIZE, FinishedPack,
+                       PackEntry, PackWriter, open_blob, pack_id_from_name, pack_name, read_header)
 from pkvc.progress import NO_PROGRESS, Progress
+from pkvc.sessions import (DEFAULT_TTL, KIND_WRITE, PLAN_PURPOSE, SESSION_PURPOSE, Lease,
+                           LeaseExpiredError, PlanStore, PlanView, SessionStore)
 
 FORMAT_VERSION = 1
 MAX_BLOB_SIZE = 16 * 1024 * 1024
 PACKS = "packs/"
 _SIGNATURE_MARK = b',"camliSig":"'
+LEASE_REFRESH = 60.0  # seconds between lease renewals while a writer works
 
 
 @dataclass(frozen=True)
@@ -102,7 +117,8 @@ class Repository:
     """An open repository. Use `create` or `open`; close (or use `with`) to flush."""
 
     def __init__(self, backend: Backend, config: Config, master: bytes, slot_id: str,
-                 cache_dir: Path, progress: Progress = NO_PROGRESS):
+                 cache_dir: Path, progress: Progress = NO_PROGRESS, *, lease: bool = True,
+                 lease_ttl: float = DEFAULT_TTL, clock: Callable[[], int] = time.time_ns):
         self.backend = backend
         self.config = config
         self.slot_id = slot_id
@@ -111,8 +127,17 @@ class Repository:
         self._writer = PackWriter(self._data_key)
         self._unflushed: dict[BlobRef, PackEntry] = {}
         self.stats = WriteStats()
+        self.sessions = SessionStore(backend, self.subkey(SESSION_PURPOSE), config.id, clock)
+        self.plans = PlanStore(backend, self.subkey(PLAN_PURPOSE), config.id)
+        self._lease_enabled = lease
+        self._lease_ttl = lease_ttl
+        self._lease: Lease | None = None
+        self._lease_renewed = 0.0  # time.monotonic() when the lease was last stored
+        self._lease_lapsed = False
+        self._view = PlanView()
         self._index_dir = Path(cache_dir) / config.id / "index"
         self.index = self._open_index()
+        self.refresh_plans(strict=False)  # writers read them again, strictly, with their lease
         self.sync_index(progress)
 
     # -- lifecycle -----------------------------------------------------
@@ -132,15 +157,25 @@ class Repository:
 
     @classmethod
     def open(cls, backend: Backend, password: bytes, cache_dir: Path,
-             progress: Progress = NO_PROGRESS) -> "Repository":
+             progress: Progress = NO_PROGRESS, *, lease: bool = True,
+             lease_ttl: float = DEFAULT_TTL) -> "Repository":
+        """Open for reading and writing; `lease=False` opens for reading only
+        (no lease is taken, `put` is refused, `has` says what is stored)."""
         config = read_config(backend)
         master, slot_id = keyslots.unlock(backend, password, config.id)
-        return cls(backend, config, master, slot_id, cache_dir, progress)
+        return cls(backend, config, master, slot_id, cache_dir, progress, lease=lease,
+                   lease_ttl=lease_ttl)
 
     def close(self) -> None:
-        self.flush()
-        self.index.close()
-        self.backend.close()
+        try:
+            if self._lease_lapsed:
+                self._drop_unflushed()  # it may name blobs a gc has removed since
+            else:
+                self.flush()
+        finally:
+            self.end_lease()
+            self.index.close()
+            self.backend.close()
 
     def __enter__(self) -> "Repository":
         return self
@@ -157,10 +192,88 @@ class Repository:
         """A key derived from the master key for one purpose other than packs."""
         return crypto.derive_subkey(self._master, purpose)
 
+    # -- leases: writing beside a gc ------------------------------------
+
+    @property
+    def lease(self) -> Lease | None:
+        """The write lease this repository holds now, if any."""
+        return self._lease
+
+    @property
+    def lease_ttl(self) -> float:
+        """Seconds a lease of this process stays valid without renewal."""
+        return self._lease_ttl
+
+    def _keep_lease(self) -> None:
+        """Take the lease (then read the pending plans), renew it when due, or
+        refuse to go on when it lapsed: see the module docstring."""
+        if self._lease_lapsed:
+            raise LeaseExpiredError("this write session lost its lease earlier; start it again")
+        now = time.monotonic()
+        if self._lease is None:
+            self._lease = self.sessions.begin(KIND_WRITE, self._lease_ttl)
+            self._lease_renewed = now
+            # In this order: a gc that lists leases before ours was stored has
+            # published its plan already, so we read it now; and a plan that is
+            # gone by now had deleted its packs already, so the listing below
+            # drops them from the index: we never count on a blob it removed.
+            self.refresh_plans()
+            self.sync_index()
+            return
+        idle = now - self._lease_renewed
+        if idle > self._lease_ttl / 2:
+            self._lease_lapsed = True
+            raise LeaseExpiredError(
+                f"this write session was idle {idle:.0f} s, longer than its lease allows "
+                f"({self._lease_ttl / 2:.0f} s); a gc may have removed blobs it had seen, "
+                "so nothing more is written: run the command again")
+        if idle > min(LEASE_REFRESH, self._lease_ttl / 10):
+            self._lease_renewed = now
+            self._lease = self.sessions.refresh(self._lease)
+
+    def end_lease(self) -> None:
+        """Write what is pending and give the lease back (the next `has` or
+        `put` takes a new one). Long-lived processes call this between jobs
+        so that a gc never waits on them."""
+        if self._lease is None:
+            return
+        if not self._lease_lapsed:
+            self.flush()
+        lease, self._lease = self._lease, None
+        self.sessions.end(lease)
+
+    @contextmanager
+    def without_lease(self):
+        """Inside the block: no lease, `has` says what is stored, `put` is refused."""
+        self.end_lease()
+        enabled, self._lease_enabled = self._lease_enabled, False
+        try:
+            yield self
+        finally:
+            self._lease_enabled = enabled
+
+    def refresh_plans(self, strict: bool = True) -> PlanView:
+        """Read the pending gc plans (which blobs are condemned, which packs go).
+        Not `strict`: a plan that cannot be read is left out (`check` reports it)."""
+        self._view = PlanView.of(self.plans.load_all(strict))
+        self.index.hidden = self._view.condemned or None
+        return self._view
+
+    @property
+    def pending_plans(self) -> PlanView:
+        return self._view
+
+    def _drop_unflushed(self) -> None:
+        self._writer = PackWriter(self._data_key)
+        self._unflushed.clear()
+
     # -- the blob API --------------------------------------------------
 
     def put(self, data, ref: BlobRef | None = None, kind: int | None = None) -> BlobRef:
         """Store `data` unless present; returns its ref. A given `ref` must match."""
+        if not self._lease_enabled:
+            raise UsageError("this repository was opened read-only (lease=False): "
+                             "it cannot store blobs")
         if len(data) > MAX_BLOB_SIZE:
             raise UsageError(f"blob of {len(data)} bytes exceeds the {MAX_BLOB_SIZE}-byte limit")
         if ref is None:
@@ -183,6 +296,22 @@ class Repository:
         return self.put(data, kind=KIND_DATA)
 
     def has(self, ref: BlobRef) -> bool:
+        """Whether the blob is stored; for a writer, whether it may rely on it."""
+        if ref in self._unflushed:
+            return True
+        if self._lease_enabled:
+            self._keep_lease()
+        loc = self.index.lookup(ref)
+        if loc is None:
+            return False
+        view = self._view
+        if (not self._lease_enabled or not view or loc.kind == KIND_SIGNED
+                or ref not in view.condemned):
+            return True
+        return any(loc.pack_id not in view.touched for loc in self.index.locations(ref))
+
+    def contains(self, ref: BlobRef) -> bool:
+        """Whether some pack holds the blob, whatever any gc plan says of it."""
         return ref in self._unflushed or self.index.lookup(ref) is not None
 
     def get(self, ref: BlobRef) -> bytes:
@@ -197,15 +326,32 @@ class Repository:
             raise BlobNotFoundError(f"blob {ref} is not in the repository")
         try:
             data = self._load(ref, loc)
-        except BackendError:
-            self.sync_index()  # a gc may have moved it to another pack
-            loc = self.index.lookup(ref)
-            if loc is None:
-                raise BlobNotFoundError(f"blob {ref} is not in the repository") from None
-            data = self._load(ref, loc)
+        except BackendError as first:
+            loc, data = self._load_elsewhere(ref, loc, first)
         if not ref.matches(data):
             raise IntegrityError(f"blob {ref} in pack {loc.pack_id} does not match its ref")
         return data
+
+    def _load_elsewhere(self, ref: BlobRef, failed: Location,
+                        error: BackendError) -> tuple[Location, bytes]:
+        """The pack went away under us (a gc deletes a pack only after copying
+        what stays in it): catch up with the index and read another copy."""
+        self.sync_index()
+        tried = {failed.pack_id}
+        for _ in range(2):
+            for loc in self.index.locations(ref):
+                if loc.pack_id in tried:
+                    continue
+                tried.add(loc.pack_id)
+                try:
+                    return loc, self._load(ref, loc)
+                except BackendError as e:
+                    error = e
+            time.sleep(0.05)  # a gc between deleting a pack and updating the index
+            self.index.refresh(latest=True)
+        if self.index.lookup(ref) is None:
+            raise BlobNotFoundError(f"blob {ref} is not in the repository") from None
+        raise error
 
     def _load(self, ref: BlobRef, loc: Location) -> bytes:
         sealed = self.backend.load(pack_name(loc.pack_id), loc.offset, loc.length)
@@ -217,9 +363,25 @@ class Repository:
         return self.index.lookup(ref)
 
     def enumerate(self) -> Iterator[tuple[BlobRef, Location]]:
-        """Every stored blob with its location (kind, sizes), in ref-key order."""
+        """Every stored blob with its location (kind, sizes), in ref-key order,
+        except those a pending gc plan condemns."""
         self.flush()
         return self.index.blobs()
+
+    def all_locations(self, copies: bool = True) -> Iterator[tuple[bytes, Location, bool]]:
+        """(ref key, location, is primary) of every blob's primary copy in key
+        order, then (with `copies`) of every other copy. No BlobRef is made:
+        gc walks millions of these."""
+        self.flush()
+        for key, loc in self.index.all_blobs():
+            yield key, loc, True
+        if copies:
+            for key, loc in self.index.all_copies():
+                yield key, loc, False
+
+    def locations(self, ref: BlobRef) -> list[Location]:
+        """Every copy of the blob, the primary first."""
+        return self.index.locations(ref)
 
     def remove(self, refs: set[BlobRef], progress: Progress = NO_PROGRESS) -> int:
         """Delete blobs by rewriting the packs that hold them; returns bytes freed.
@@ -229,8 +391,8 @@ class Repository:
         """
         self.flush()
         by_pack: dict[str, list[tuple[BlobRef, Location]]] = {}
-        for ref, loc in self.index.blobs():
-            by_pack.setdefault(loc.pack_id, []).append((ref, loc))
+        for key, loc, _ in self.all_locations():
+            by_pack.setdefault(loc.pack_id, []).append((BlobRef.from_key(key), loc))
         doomed = sorted(pid for pid, blobs in by_pack.items() if any(r in refs for r, _ in blobs))
         sizes = self.index.packs()
         written: list[str] = []
@@ -260,13 +422,43 @@ class Repository:
         """
         if not len(self._writer):
             return None
+        if self._lease is not None or self._lease_lapsed:
+            self._keep_lease()  # a lapsed writer stores nothing
         pack = self._writer.finish()
-        self.backend.store(pack_name(pack.pack_id), pack.data)
-        self.index.add_pack(pack.pack_id, len(pack.data), pack.entries)
-        self.index.flush()
+        self.store_pack(pack)
         self._unflushed.clear()
         self.stats.packs += 1
         return pack.pack_id
+
+    # -- packs, for the garbage collector --------------------------------
+
+    def store_pack(self, pack: FinishedPack) -> None:
+        """Store a finished pack, then index it (an interruption between the
+        two only costs the next open a header read)."""
+        self.backend.store(pack_name(pack.pack_id), pack.data)
+        self.index.add_pack(pack.pack_id, len(pack.data), pack.entries)
+        self.index.flush()
+
+    def seal_pack(self, blobs: Iterable[tuple[BlobRef, bytes, int]]) -> FinishedPack:
+        """A pack of (ref, bytes, kind) built in memory, not stored: its id is
+        known before it exists (a gc names it in its plan first)."""
+        writer = PackWriter(self._data_key)
+        for ref, data, kind in blobs:
+            if not ref.matches(data):
+                raise IntegrityError(f"data does not match {ref}; not packed")
+            writer.add(ref, data, kind)
+        return writer.finish()
+
+    def repacker(self) -> "Repacker":
+        return Repacker(self)
+
+    def delete_pack(self, pack_id: str) -> None:
+        """Delete a pack object; the index learns of it through `forget_packs`."""
+        self.backend.delete(pack_name(pack_id))
+
+    def forget_packs(self, pack_ids: set[str], keys: Iterable[bytes] | None = None) -> int:
+        """Tell the index these packs are gone (`keys`: the ref keys they held)."""
+        return self.index.forget_packs(set(pack_ids), keys)
 
     # -- the index as a cache -----------------------------------------
 
@@ -297,12 +489,18 @@ class Repository:
     def load_pack(self, pack_id: str) -> bytes:
         return self.backend.load(pack_name(pack_id))
 
+    def pack_entries(self, pack_id: str, data: bytes) -> list[PackEntry]:
+        """The header of a pack already loaded whole (`load_pack`)."""
+        def load(offset: int, length: int | None) -> bytes:
+            return data[offset:] if length is None else data[offset:offset + length]
+        return read_header(self._data_key, load, len(data), f"pack {pack_id}")
+
     def open_pack_blob(self, entry: PackEntry, sealed) -> bytes:
         return open_blob(self._data_key, entry, sealed)
 
     def sync_index(self, progress: Progress = NO_PROGRESS) -> SyncReport:
         """Bring the index in line with the packs the backend holds."""
-        self.index.refresh()
+        self.index.refresh(latest=True)
         present = self.list_packs()
         known = self.index.packs()
         new = sorted(set(present) - set(known))
@@ -332,6 +530,46 @@ class Repository:
         shutil.rmtree(self._index_dir, ignore_errors=True)
         self.index = Index(self._index_dir)
         return self.sync_index(progress)
+
+
+class Repacker:
+    """Copies blobs into new packs, each stored and indexed as soon as it fills.
+
+    Bytes are checked against their ref before they are copied, so a gc
+    never spreads a damaged blob.
+    """
+
+    def __init__(self, repo: Repository):
+        self._repo = repo
+        self._writer = PackWriter(repo._data_key)
+        self._refs: set[BlobRef] = set()
+        self.written: list[str] = []
+        self.bytes_written = 0
+
+    def __contains__(self, ref: BlobRef) -> bool:
+        return ref in self._refs
+
+    def add(self, ref: BlobRef, data: bytes, kind: int) -> str | None:
+        """Queue one blob; returns the id of a pack this completed, if any."""
+        if ref in self._refs:
+            return None
+        if not ref.matches(data):
+            raise IntegrityError(f"blob {ref} does not match its ref; it is not copied")
+        self._writer.add(ref, data, kind)
+        self._refs.add(ref)
+        if self._writer.size >= self._repo.config.pack_size:
+            return self.flush()
+        return None
+
+    def flush(self) -> str | None:
+        if not len(self._writer):
+            return None
+        pack = self._writer.finish()
+        self._repo.store_pack(pack)
+        self.written.append(pack.pack_id)
+        self.bytes_written += len(pack.data)
+        self._refs.clear()
+        return pack.pack_id
 
 
 class CacheTable:

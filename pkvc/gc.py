@@ -1,0 +1,741 @@
+"""Garbage collection: mark what the roots reach, sweep what they do not.
+
+Terms (docs/gc.md explains the design, its guarantees and their tests):
+
+- *Roots*: blobs that are live by themselves, given by a provider (by
+  default `claim_roots`: live permanodes, their live claims, signer keys,
+  live shares). *Live*: reachable from a root through schema references
+  (file and bytes parts, directory entries, static-set members and
+  mergeSets, claim values, share targets). Data blobs are never parsed.
+- *P0*: the packs that existed when this gc began; it touches no other.
+- *Condemned*: stored blobs that are not live, whose every copy is in a
+  pack the gc will delete. *Protected*: not live, but kept because
+  something that stays stored references them (garbage left in a pack
+  below the `max_unused` threshold), or, for a delete claim, because its
+  target stays: a delete claim always outlives what it deletes.
+- A *plan* (pkvc.sessions) names the condemned blobs and the packs to
+  delete; it is published before anything is deleted, then the gc waits
+  for every writer lease that may have relied on a condemned blob, marks
+  again from what was written meanwhile (rescuing what it reaches), copies
+  what stays out of the doomed packs, stores a *tombstone* pack with copies
+  of the condemned delete claims, deletes the doomed packs, then the
+  tombstone (so a delete claim never goes before what it deletes), then
+  the plan.
+- A plan left by a gc that died is finished by the next gc, once the
+  writers it waited for have ended.
+
+Memory: a `BlobTable` holds every blob key in sorted buffers with a kind
+byte and a few bit flags, about 31 bytes per sha224 blob; no Python object
+per blob lives for the whole run.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from array import array
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+from pkvc.blobref import BlobRef
+from pkvc.claims import ClaimsIndex
+from pkvc.errors import BackendError, BlobNotFoundError, IntegrityError, SchemaError
+from pkvc.identity import list_identities
+from pkvc.pack import KIND_DATA, KIND_SIGNED
+from pkvc.progress import NO_PROGRESS, Progress
+from pkvc.repo import Repository
+from pkvc.schema.anyblob import parse_blob, schema_refs
+from pkvc.schema.claims import DeleteClaim, ShareClaim
+from pkvc.sessions import KIND_GC, Lease, LeaseExpiredError, Plan, RefSet, SortedKeys
+
+DEFAULT_MAX_UNUSED = 5.0
+DEFAULT_WAIT = 300.0  # seconds to wait for writers before leaving the plan for next time
+#: Step names passed to the `fault` hook, in the order a full run reaches them.
+STEPS = ("locked", "marked", "resume-waited", "planned", "waiting", "waited", "remarked",
+         "copied-pack", "copied", "tombstone", "deleted-pack", "deleted",
+         "tombstone-deleted", "plan-removed", "done")
+RootProvider = Callable[[], Iterable[BlobRef]]
+
+
+# -- the result ---------------------------------------------------------------------
+
+@dataclass
+class GcSummary:
+    """What a gc did (or, with dry_run, would do). Sizes are pack bytes."""
+
+    dry_run: bool = False
+    packs_before: int = 0
+    bytes_before: int = 0
+    packs_after: int = 0
+    bytes_after: int = 0
+    packs_deleted: int = 0  # deleted outright (nothing in them stayed)
+    packs_rewritten: int = 0  # deleted after copying what stayed
+    packs_written: int = 0
+    bytes_freed: int = 0  # pack bytes deleted minus pack bytes written (dry run: estimated)
+    bytes_unreachable: int = 0  # unreachable bytes still stored afterwards
+    blobs_removed: int = 0
+    live_blobs: int = 0
+    live_bytes: int = 0
+    blobs_rescued: int = 0  # condemned, then reached from what writers wrote meanwhile
+    missing_refs: int = 0  # references to blobs not stored (`check` reports them)
+    plans_finished: int = 0  # plans of earlier gcs completed by this one
+    plan: str | None = None  # id of the plan this gc published
+    deferred: bool = False  # a plan is left for the next gc (writers still running)
+    waited_for: int = 0  # leases waited for
+    skipped: str | None = None  # why nothing was done (another gc runs)
+    duration: float = 0.0
+
+
+# -- compact tables --------------------------------------------------------------------
+
+class Bits:
+    """One bit per blob ordinal."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, n: int):
+        self.data = bytearray((n + 7) // 8)
+
+    def __getitem__(self, i: int) -> int:
+        return self.data[i >> 3] >> (i & 7) & 1
+
+    def set(self, i: int) -> None:
+        self.data[i >> 3] |= 1 << (i & 7)
+
+    def count(self) -> int:
+        return int.from_bytes(self.data, "little").bit_count()
+
+
+class BlobTable:
+    """The blobs the index held when the gc began: key <-> ordinal, and kind.
+
+    Keys sit in one sorted buffer per key length (`SortedKeys`), kinds in
+    one byte per blob: about 30 bytes per sha224 blob, no object per blob.
+    """
+
+    def __init__(self, groups: list[tuple[int, SortedKeys]], kinds: bytes):
+        self._groups = {g.width: (base, g) for base, g in groups}
+        self._order = groups  # (base ordinal, keys), by base
+        self.kinds = kinds
+        self.n = len(kinds)
+
+    @classmethod
+    def build(cls, primaries: Iterable[tuple[bytes, int]]) -> "BlobTable":
+        """From (key, kind) in ascending key order, as the index lists them."""
+        keys: dict[int, bytearray] = {}
+        kinds: dict[int, bytearray] = {}
+        for key, kind in primaries:
+            w = len(key)
+            if w not in keys:
+                keys[w], kinds[w] = bytearray(), bytearray()
+            keys[w] += key
+            kinds[w].append(kind)
+        groups, all_kinds = [], bytearray()
+        for w in sorted(keys):
+            groups.append((len(all_kinds), SortedKeys(w, keys.pop(w))))
+            all_kinds += kinds.pop(w)
+        return cls(groups, bytes(all_kinds))
+
+    def ordinal(self, key: bytes) -> int:
+        found = self._groups.get(len(key))
+        if found is None:
+            return -1
+        i = found[1].index(key)
+        return found[0] + i if i >= 0 else -1
+
+    def key(self, o: int) -> bytes:
+        for base, g in reversed(self._order):
+            if o >= base:
+                return g[o - base]
+        raise IndexError(o)
+
+    def keys(self) -> Iterator[tuple[int, bytes]]:
+        """(ordinal, key) of every blob, in key order within each key length."""
+        for base, g in self._order:
+            for i in range(len(g)):
+                yield base + i, g[i]
+
+    def nbytes(self) -> int:
+        return len(self.kinds) + sum(g.nbytes() for _, g in self._order)
+
+
+class Rows:
+    """One look at every copy the index lists, as arrays (about 13 bytes a
+    copy): its blob's ordinal, its pack, its length, whether it is primary."""
+
+    def __init__(self, repo: Repository, table: BlobTable):
+        self.pack_ids: list[str] = []
+        number: dict[str, int] = {}
+        self.ords, self.packs, self.lengths = array("i"), array("I"), array("I")
+        self.primary = bytearray()
+        for key, loc, primary in repo.all_locations():
+            o = table.ordinal(key)
+            if o < 0:
+                continue  # written after the gc began: never touched, never needed
+            p = number.get(loc.pack_id)
+            if p is None:
+                p = number[loc.pack_id] = len(self.pack_ids)
+                self.pack_ids.append(loc.pack_id)
+            self.ords.append(o)
+            self.packs.append(p)
+            self.lengths.append(loc.length)
+            self.primary.append(primary)
+        self.n = table.n
+
+    def _numbers(self, pack_ids) -> set[int]:
+        wanted = set(pack_ids)
+        return {i for i, p in enumerate(self.pack_ids) if p in wanted}
+
+    def copies(self, leaving) -> tuple[Bits, Bits]:
+        """Blobs stored at all, and blobs with a copy in a pack not in `leaving`."""
+        present, outside = Bits(self.n), Bits(self.n)
+        gone = self._numbers(leaving)
+        for o, p in zip(self.ords, self.packs):
+            present.set(o)
+            if p not in gone:
+                outside.set(o)
+        return present, outside
+
+    def usage(self, packs, keep: Callable[[int], bool]) -> dict[str, list[int]]:
+        """pack -> [bytes, bytes kept] for `packs`; only a primary copy counts as kept."""
+        numbers = self._numbers(packs)
+        totals = {p: [0, 0] for p in numbers}
+        for o, p, length, primary in zip(self.ords, self.packs, self.lengths, self.primary):
+            u = totals.get(p)
+            if u is not None:
+                u[0] += length
+                if primary and keep(o):
+                    u[1] += length
+        return {self.pack_ids[p]: u for p, u in totals.items()}
+
+    def freeing(self, packs, keep: Callable[[int], bool]) -> set[str]:
+        """Those of `packs` whose deletion frees something (a blob or a second copy)."""
+        numbers = self._numbers(packs)
+        frees = set()
+        for o, p, primary in zip(self.ords, self.packs, self.primary):
+            if p in numbers and (not primary or not keep(o)):
+                frees.add(self.pack_ids[p])
+        return frees
+
+
+# -- roots --------------------------------------------------------------------------------
+
+def claim_roots(repo: Repository, clock: Callable[[], int] = time.time_ns) -> Iterator[BlobRef]:
+    """The roots of design section 4, from the claims index.
+
+    Every verified permanode that is not deleted and every claim on it that
+    is not deleted (their values, signer keys and the permanode itself are
+    reached through them); every share claim neither revoked nor expired
+    (its target is reached through it); the public key blob of every
+    identity; and, never to judge what cannot be read, every signed blob
+    that does not verify. Delete claims are no roots: gc keeps one exactly
+    as long as its target stays stored.
+    """
+    index = ClaimsIndex(repo)
+    stats = index.sync()
+    if stats.skipped_packs:
+        raise IntegrityError(f"{len(stats.skipped_packs)} pack(s) could not be read for their "
+                             "claims; run `pkvc check` before gc")
+    for identity in list_identities(repo):
+        yield identity.public_key_ref
+    for key, loc, _ in repo.all_locations(copies=False):
+        if loc.kind != KIND_SIGNED:
+            continue
+        ref = BlobRef.from_key(key)
+        if index.permanode(ref) is not None and not index.is_deleted(ref):
+            yield ref
+            for claim in index.claims_on(ref):
+                yield claim.ref
+    now = clock()
+    for share in index.of_type("share"):
+        try:
+            parsed = parse_blob(repo.get(share.ref))
+        except (SchemaError, ValueError):
+            yield share.ref
+            continue
+        if not (isinstance(parsed, ShareClaim) and parsed.expires is not None
+                and parsed.expires.ns <= now):
+            yield share.ref
+    for bad in index.invalid():
+        yield bad.ref
+
+
+def _provider(roots, repo: Repository) -> RootProvider:
+    if roots is None:
+        return lambda: claim_roots(repo)
+    if callable(roots):
+        return roots
+    fixed = list(roots)
+    return lambda: fixed
+
+
+# -- one run --------------------------------------------------------------------------------
+
+def _no_fault(step: str) -> None:
+    pass
+
+
+@dataclass
+class _Planned:
+    packs: set[str]
+    condemned: RefSet
+    empty: set[str] = field(default_factory=set)  # doomed packs of which nothing stays
+    removable: int = 0
+    unreachable_after: int = 0
+
+
+class _Run:
+    def __init__(self, repo: Repository, provider: RootProvider, max_unused: float,
+                 progress: Progress, fault: Callable[[str], None], wait: float, poll: float,
+                 sleep: Callable[[float], None], summary: GcSummary):
+        self.repo = repo
+        self.provider = provider
+        self.max_unused = max_unused
+        self.progress = progress
+        self.fault = fault
+        self.wait = wait
+        self.poll = poll
+        self.sleep = sleep
+        self.summary = summary
+        self.lease: Lease | None = None
+        self._renewed = 0.0
+        self.count_missing = False
+
+    # -- the gc lease ---------------------------------------------------------------
+
+    def acquire(self) -> bool:
+        """Our gc lease, unless another live gc holds an earlier one."""
+        self.lease = self.repo.sessions.begin(KIND_GC, self.repo.lease_ttl)
+        self._renewed = time.monotonic()
+        others = [s for s in self.repo.sessions.active() if not isinstance(s, str)
+                  and s.kind == KIND_GC and s.id != self.lease.id]
+        if any((s.started, s.id) < (self.lease.started, self.lease.id) for s in others):
+            self.release()
+            return False
+        return True
+
+    def release(self) -> None:
+        if self.lease is not None:
+            self.repo.sessions.end(self.lease)
+            self.lease = None
+
+    def tick(self) -> None:
+        """Renew our lease when due; stop if it lapsed (another gc may have taken over)."""
+        if self.lease is None:
+            return
+        idle = time.monotonic() - self._renewed
+        ttl = self.lease.ttl
+        if idle > ttl / 2:
+            raise LeaseExpiredError(f"gc was stalled {idle:.0f} s, longer than its lease allows; "
+                                    "it stops here and the next gc finishes its plan")
+        if idle > min(60.0, ttl / 10):
+            self._renewed = time.monotonic()
+            self.lease = self.repo.sessions.refresh(self.lease)
+
+    # -- marking ----------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        report = self.repo.sync_index(self.progress)
+        if report.damaged:
+            pack, why = next(iter(report.damaged.items()))
+            raise IntegrityError(f"pack {pack} cannot be read ({why}); run `pkvc check` "
+                                 "before gc")
+        present = self.repo.list_packs()
+        indexed = self.repo.index.packs()
+        self.p0 = {p: size for p, size in present.items() if p in indexed}
+        self.summary.packs_before = len(present)
+        self.summary.bytes_before = sum(present.values())
+        self.table = BlobTable.build((k, loc.kind) for k, loc, _ in
+                                     self.repo.all_locations(copies=False))
+        self.live = Bits(self.table.n)
+
+    def refs_of(self, key: bytes) -> list[bytes]:
+        """The refs a schema blob holds; a blob that is not valid schema holds none."""
+        try:
+            data = self.repo.get(BlobRef.from_key(key))
+        except BlobNotFoundError:
+            return []  # removed meanwhile (by a plan this gc finished): what held it is garbage
+        except BackendError as e:
+            raise IntegrityError(f"gc cannot read blob {BlobRef.from_key(key)}: {e}; "
+                                 "run `pkvc check`") from e
+        try:
+            return [r.to_key() for r in schema_refs(parse_blob(data))]
+        except (SchemaError, ValueError, TypeError):
+            return []
+
+    def mark(self, keys: Iterable[bytes], bits: Bits, stop: Bits | None = None) -> int:
+        """Set `bits` on everything reachable from `keys` in the table (stopping at
+        blobs set in `stop`); each blob is read once. Returns how many were set."""
+        table, stack, newly = self.table, list(keys), 0
+        while stack:
+            key = stack.pop()
+            o = table.ordinal(key)
+            if o < 0:
+                if self.count_missing and not self.repo.contains(BlobRef.from_key(key)):
+                    self.summary.missing_refs += 1
+                continue
+            if bits[o] or (stop is not None and stop[o]):
+                continue
+            bits.set(o)
+            newly += 1
+            if newly % 1000 == 0:
+                self.progress.advance(1000)
+                self.tick()
+            if table.kinds[o] != KIND_DATA:
+                stack.extend(self.refs_of(key))
+        self.progress.advance(newly % 1000)
+        return newly
+
+    def mark_roots(self) -> None:
+        self.progress.start("mark", None, "blobs")
+        self.count_missing = True
+        self.mark((r.to_key() for r in self.provider()), self.live)
+        self.count_missing = False
+        self.progress.finish()
+        self.summary.live_blobs = self.live.count()
+
+    def remark(self, known: set[str]) -> int:
+        """After the writers ended: mark from the roots again and from every blob
+        in packs that appeared since (whatever they reference stays)."""
+        self.repo.sync_index()
+        before = self.live.count()
+        self.mark((r.to_key() for r in self.provider()), self.live)
+        for pack_id, size in sorted(self.repo.list_packs().items()):
+            if pack_id in known:
+                continue
+            try:
+                entries = self.repo.read_pack_header(pack_id, size)
+            except (IntegrityError, BackendError) as e:
+                raise IntegrityError(f"new pack {pack_id} cannot be read ({e}); gc stops "
+                                     "before deleting anything") from e
+            for e in entries:  # (data in a new pack is a copy that stays: nothing to follow)
+                if e.kind != KIND_DATA:
+                    self.mark(self.refs_of(e.ref.to_key()), self.live)
+            self.tick()
+        return self.live.count() - before
+
+    # -- planning --------------------------------------------------------------------------------
+
+    def compute_plan(self) -> _Planned:
+        """Which packs to delete, which blobs that condemns (see the module docstring)."""
+        live, table = self.live, self.table
+        rows = Rows(self.repo, table)
+        usage = rows.usage(self.p0, lambda o: live[o])
+        self.summary.live_bytes = sum(u[1] for u in usage.values())
+        doomed = {p for p, (total, kept) in usage.items()
+                  if total and (kept == 0 or (total - kept) * 100 > self.max_unused * total)}
+        while True:
+            present, outside = rows.copies(doomed)
+            protected = self._protect(outside)
+            self._outlive_targets(self._delete_claims(present), protected, outside)
+            keep = lambda o: live[o] or protected[o]  # noqa: E731
+            idle = doomed - rows.freeing(doomed, keep)
+            if not idle:
+                break
+            doomed -= idle  # rewriting it would free nothing: leave it, and think again
+        condemned = RefSet.from_sorted(key for o, key in table.keys()
+                                       if present[o] and not outside[o] and not keep(o))
+        usage = rows.usage(self.p0, keep)
+        planned = _Planned(doomed, condemned)
+        planned.empty = {p for p in doomed if usage[p][1] == 0}
+        planned.removable = sum(usage[p][0] - usage[p][1] for p in doomed)
+        left_garbage = sum(t - k for p, (t, k) in usage.items() if p not in doomed)
+        kept_garbage = rows.usage(doomed, lambda o: protected[o] and not live[o])
+        planned.unreachable_after = left_garbage + sum(k for _, k in kept_garbage.values())
+        return planned
+
+    def _protect(self, outside: Bits) -> Bits:
+        """Garbage that stays stored keeps what it references (check follows it)."""
+        table, live, kinds = self.table, self.live, self.table.kinds
+        protected = Bits(table.n)
+        for o in range(table.n):
+            if kinds[o] != KIND_DATA and outside[o] and not live[o] and not protected[o]:
+                self.mark(self.refs_of(table.key(o)), protected, stop=live)
+        return protected
+
+    def _delete_claims(self, present: Bits) -> list[tuple[int, bytes]]:
+        """(ordinal, target key) of every stored delete claim that is not live."""
+        found, kinds = [], self.table.kinds
+        for o in range(self.table.n):
+            if kinds[o] == KIND_SIGNED and present[o] and not self.live[o]:
+                try:
+                    parsed = parse_blob(self.repo.get(BlobRef.from_key(self.table.key(o))))
+                except (SchemaError, ValueError, TypeError):
+                    continue
+                if isinstance(parsed, DeleteClaim):
+                    found.append((o, parsed.target.to_key()))
+        return found
+
+    def _outlive_targets(self, deletes: list[tuple[int, bytes]], protected: Bits,
+                         outside: Bits) -> None:
+        """A delete claim in force stays while its target stays stored, or the
+        target would come back to life; one that is itself deleted may go.
+        Chains (a delete of a delete of ...) settle in a few rounds."""
+        deleters: dict[bytes, list[int]] = {}
+        for o, target in deletes:
+            deleters.setdefault(target, []).append(o)
+        in_force: dict[int, bool] = {}
+
+        def force(o: int, depth: int = 0) -> bool:
+            if o not in in_force:
+                in_force[o] = True  # (a cycle cannot happen with hashes; never loop on one)
+                key = self.table.key(o)
+                in_force[o] = depth > 64 or not any(force(d, depth + 1)
+                                                    for d in deleters.get(key, ()))
+            return in_force[o]
+
+        changed = True
+        while changed:
+            changed = False
+            for o, target in deletes:
+                if outside[o] or protected[o] or not force(o):
+                    continue
+                t = self.table.ordinal(target)
+                stays = (self.repo.contains(BlobRef.from_key(target)) if t < 0
+                         else self.live[t] or protected[t] or outside[t])
+                if stays:
+                    self.mark([self.table.key(o)], protected, stop=self.live)
+                    changed = True
+
+    # -- executing a plan --------------------------------------------------------------------------
+
+    def execute(self, plan: Plan) -> None:
+        """Copy what stays out of the plan's packs, store the tombstone, delete
+        the packs, then the tombstones, then the plan: see docs/gc.md for why
+        every prefix of this sequence leaves a sound repository."""
+        repo, summary, table, live = self.repo, self.summary, self.table, self.live
+        rows = Rows(repo, table)
+        present_bits, outside = rows.copies(plan.touched)
+        protected = self._protect(outside)  # what stays references it, or a delete claim
+        self._outlive_targets(self._delete_claims(present_bits), protected, outside)
+        del rows, present_bits
+        condemned = Bits(table.n)
+        for key in plan.condemned.keys():
+            o = table.ordinal(key)
+            if o >= 0:
+                condemned.set(o)
+        present = repo.list_packs()
+        packs = [p for p in sorted(plan.packs) if p in present]
+        tombstones = [t for t in plan.tombstones if t in present]
+        repacker, copied = repo.repacker(), Bits(table.n)
+        copied_from: set[str] = set()
+        doomed_claims: dict[BlobRef, bytes] = {}  # removed delete claims, for the tombstone
+        self.progress.start("sweep", len(packs) + len(tombstones), "packs")
+        for pack_id in packs + tombstones:
+            data = repo.load_pack(pack_id)
+            for e in repo.pack_entries(pack_id, data):
+                o = table.ordinal(e.ref.to_key())
+                if o >= 0 and condemned[o] and not live[o] and not protected[o]:
+                    summary.blobs_removed += pack_id not in tombstones
+                    if e.kind == KIND_SIGNED and e.ref not in doomed_claims:
+                        raw = repo.open_pack_blob(e, data[e.offset:e.offset + e.length])
+                        if _is_delete_claim(raw):
+                            doomed_claims[e.ref] = raw
+                    continue
+                if o >= 0 and (outside[o] or copied[o]) or e.ref in repacker:
+                    continue  # a copy stays elsewhere
+                raw = repo.open_pack_blob(e, data[e.offset:e.offset + e.length])
+                copied_from.add(pack_id)
+                if o >= 0:
+                    copied.set(o)
+                if repacker.add(e.ref, raw, e.kind):
+                    self.fault("copied-pack")
+            self.progress.advance()
+            self.tick()
+        if repacker.flush():
+            self.fault("copied-pack")
+        self.progress.finish()
+        self.fault("copied")
+        summary.packs_written += len(repacker.written)
+        summary.bytes_freed -= repacker.bytes_written
+        tombstones = self._store_tombstone(plan, tombstones, doomed_claims, present)
+        self.fault("tombstone")
+        for pack_id in packs:
+            self.tick()
+            self._delete(pack_id, present[pack_id])
+            summary.bytes_freed += present[pack_id]
+            summary.packs_rewritten += pack_id in copied_from
+            summary.packs_deleted += pack_id not in copied_from
+            self.fault("deleted-pack")
+        self.fault("deleted")
+        for pack_id in tombstones:  # the last one holds every delete claim: it goes last
+            self._delete(pack_id, present[pack_id])
+            summary.bytes_freed += present[pack_id]
+        self.fault("tombstone-deleted")
+        repo.plans.remove(plan.id)
+        self.fault("plan-removed")
+        self.p0 = {p: s for p, s in self.p0.items() if p not in plan.touched}
+
+    def _delete(self, pack_id: str, size: int) -> None:
+        """Delete a pack, then drop it from the index (the keys from its header
+        spare a scan of the index; a crash in between is healed by the next open)."""
+        entries = self.repo.read_pack_header(pack_id, size)
+        self.repo.delete_pack(pack_id)
+        self.repo.forget_packs({pack_id}, [e.ref.to_key() for e in entries])
+
+    def _store_tombstone(self, plan: Plan, tombstones: list[str], claims: dict[BlobRef, bytes],
+                         present: dict[str, int]) -> list[str]:
+        """Make sure the last tombstone holds every delete claim this plan removes
+        (a new one if not), named in the plan before it is stored."""
+        if not claims:
+            return tombstones
+        if tombstones:
+            last = tombstones[-1]
+            held = {e.ref for e in self.repo.read_pack_header(last, present[last])}
+            if held >= set(claims):
+                return tombstones
+        pack = self.repo.seal_pack((ref, raw, KIND_SIGNED) for ref, raw in sorted(claims.items()))
+        plan.tombstones = tuple(plan.tombstones) + (pack.pack_id,)
+        self.repo.plans.publish(plan)  # named before it exists: no writer ever relies on it
+        self.repo.store_pack(pack)
+        present[pack.pack_id] = len(pack.data)
+        self.summary.bytes_freed -= len(pack.data)
+        return tombstones + [pack.pack_id]
+
+    # -- waiting for writers -------------------------------------------------------------------------
+
+    def active_leases(self, ids: Iterable[str] | None) -> list[str]:
+        own = {self.lease.id} if self.lease else set()
+        out = []
+        for s in self.repo.sessions.active(ids):
+            lease_id = s if isinstance(s, str) else s.id
+            if lease_id not in own and (isinstance(s, str) or s.kind != KIND_GC):
+                out.append(lease_id)
+        return out
+
+    def record_waiting(self, plan: Plan) -> Plan:
+        """List the leases that may have seen the plan's blobs as present (after
+        the plan is published: a writer we miss here has seen the plan)."""
+        if plan.waiting is None:
+            plan.waiting = tuple(self.active_leases(None))
+            self.repo.plans.publish(plan)
+        return plan
+
+    def wait_for(self, plan: Plan) -> tuple[bool, int]:
+        """Until every lease the plan waits for has ended, or the wait is over:
+        (whether they all ended, how many were still active at first)."""
+        deadline = time.monotonic() + self.wait
+        pending = self.active_leases(plan.waiting)
+        waited = len(pending)
+        self.summary.waited_for += waited
+        while pending:
+            if time.monotonic() >= deadline:
+                return False, waited
+            self.sleep(self.poll)
+            self.tick()
+            pending = self.active_leases(pending)
+        return True, waited
+
+    # -- the whole run --------------------------------------------------------------------------------
+
+    def finish_old_plans(self) -> bool:
+        """Complete the plans dead gcs left; False if one must wait for next time."""
+        for plan in self.repo.plans.load_all():
+            self.record_waiting(plan)
+            ended, _ = self.wait_for(plan)
+            if not ended:
+                self.summary.deferred = True
+                return False
+            self.remark(set(self.p0) | plan.touched)  # they may have written since we marked
+            self.fault("resume-waited")
+            self.execute(plan)
+            self.summary.plans_finished += 1
+        return True
+
+    def publish(self, planned: _Planned) -> Plan:
+        plan = Plan(secrets.token_hex(16), self.lease.id, self.repo.sessions.clock(),
+                    frozenset(planned.packs), None, (), planned.condemned)
+        self.repo.plans.publish(plan)
+        self.summary.plan = plan.id
+        self.fault("planned")
+        self.record_waiting(plan)
+        self.fault("waiting")
+        return plan
+
+
+def _is_delete_claim(raw: bytes) -> bool:
+    try:
+        return isinstance(parse_blob(raw), DeleteClaim)
+    except (SchemaError, ValueError, TypeError):
+        return False
+
+
+def gc(repo: Repository, roots: "Iterable[BlobRef] | RootProvider | None" = None, *,
+       max_unused: float = DEFAULT_MAX_UNUSED, dry_run: bool = False,
+       progress: Progress = NO_PROGRESS, wait: float = DEFAULT_WAIT, poll: float = 1.0,
+       fault: Callable[[str], None] | None = None,
+       sleep: Callable[[float], None] = time.sleep) -> GcSummary:
+    """Collect what the roots do not reach; see the module docstring.
+
+    `roots`: an iterable of refs, or a callable giving them (called twice:
+    before and after waiting for writers); None: `claim_roots`. `max_unused`:
+    a pack whose unreachable share exceeds this percentage is rewritten (0:
+    every pack with dead bytes). `wait`: seconds to wait for writers that
+    may rely on condemned blobs; when they outlast it the plan is left for
+    the next gc (`deferred`), never an error. `fault(step)` is called at
+    each step boundary (see STEPS) for tests to crash the gc there.
+    """
+    if max_unused < 0:
+        raise ValueError("max_unused is a percentage >= 0")
+    started = time.monotonic()
+    summary = GcSummary(dry_run=dry_run)
+    run = _Run(repo, _provider(roots, repo), max_unused, progress, fault or _no_fault, wait,
+               poll, sleep, summary)
+    with repo.without_lease():
+        if dry_run:
+            _dry_run(run)
+        elif not run.acquire():
+            summary.skipped = "another gc is running on this repository"
+        else:
+            try:
+                _full_run(run)
+                run.fault("done")
+            finally:
+                run.release()
+        present = repo.list_packs()
+        summary.packs_after = len(present)
+        summary.bytes_after = sum(present.values())
+    summary.duration = round(time.monotonic() - started, 3)
+    return summary
+
+
+def _dry_run(run: _Run) -> None:
+    run.prepare()
+    run.mark_roots()
+    pending = run.repo.refresh_plans()
+    if pending:  # an unfinished plan: the next gc completes it first
+        run.summary.deferred = True
+        run.p0 = {p: s for p, s in run.p0.items() if p not in pending.touched}
+    planned = run.compute_plan()
+    run.summary.plan = None
+    run.summary.packs_deleted = len(planned.empty)
+    run.summary.packs_rewritten = len(planned.packs - planned.empty)
+    run.summary.blobs_removed = len(planned.condemned)
+    run.summary.bytes_freed = planned.removable
+    run.summary.bytes_unreachable = planned.unreachable_after
+
+
+def _full_run(run: _Run) -> None:
+    repo, summary = run.repo, run.summary
+    run.fault("locked")
+    repo.sessions.sweep_ended(keep=[run.lease.id])
+    run.prepare()
+    run.mark_roots()
+    run.fault("marked")
+    if not run.finish_old_plans():
+        return
+    planned = run.compute_plan()
+    summary.bytes_unreachable = planned.unreachable_after
+    if not planned.packs:
+        return
+    known = set(run.p0)
+    plan = run.publish(planned)
+    ended, _ = run.wait_for(plan)
+    if not ended:
+        summary.deferred = True
+        return
+    run.fault("waited")
+    summary.blobs_rescued = run.remark(known)
+    run.fault("remarked")
+    run.execute(plan)
+    summary.live_blobs = run.live.count()

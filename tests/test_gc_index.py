@@ -1,0 +1,106 @@
+"""What gc needs from the index and the repository: copies, promotion, catch-up, leases."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from gc_support import PASSWORD
+from pkvc.backends.local import LocalBackend
+from pkvc.blobref import BlobRef
+from pkvc.errors import UsageError
+from pkvc.index import Index
+from pkvc.pack import KIND_SCHEMA, KIND_SIGNED, PackEntry
+from pkvc.repo import Repository
+from pkvc.sessions import Plan, PlanView, RefSet
+
+
+def entry(ref: BlobRef, kind: int = KIND_SCHEMA) -> PackEntry:
+    return PackEntry(ref, kind, 0, 0, 10, 10)
+
+
+@pytest.mark.parametrize("with_keys", [True, False])
+def test_a_second_copy_is_promoted_when_the_first_pack_goes(tmp_path, with_keys):
+    a, b = Index(tmp_path), Index(tmp_path)  # two processes sharing one cache
+    ref, other = BlobRef.of(b"r"), BlobRef.of(b"o")
+    p, q = "aa" * 32, "bb" * 32
+    a.add_pack(p, 100, [entry(ref), entry(other)])
+    a.flush()
+    b.add_pack(q, 100, [entry(ref)])
+    b.flush()
+    assert a.lookup(ref).pack_id == p
+    assert [loc.pack_id for loc in b.locations(ref)] == [p, q]
+    a.forget_packs({p}, [ref.to_key(), other.to_key()] if with_keys else None)
+    b.refresh(latest=True)
+    assert b.lookup(ref).pack_id == q and [loc.pack_id for loc in b.locations(ref)] == [q]
+    assert b.lookup(other) is None and set(b.packs()) == {q}
+    a.close()
+    b.close()
+
+
+def test_every_process_sees_its_own_writes_and_catches_up_on_demand(tmp_path):
+    a, b = Index(tmp_path), Index(tmp_path)
+    refs = []
+    for i in range(30):
+        ref = BlobRef.of(os.urandom(8))
+        refs.append(ref)
+        a.add_pack(f"{i:02x}" * 32, 10, [entry(ref)])
+        a.flush()
+        assert a.lookup(ref) is not None  # a reader that fell behind is reopened
+    b.refresh(latest=True)
+    assert all(b.lookup(r) is not None for r in refs)
+    a.close()
+    b.close()
+
+
+def test_writers_treat_condemned_blobs_as_absent_readers_do_not(repo_path, cache_dir):
+    repo = Repository.create(LocalBackend(repo_path), PASSWORD, cache_dir)
+    data_ref = repo.put(b"condemned data")
+    signed = repo.put(b'{"camliVersion": 1,\n  "camliSigner": "x"\n,"camliSig":"abc"}\n')
+    repo.flush()
+    pack = repo.locate(data_ref).pack_id
+    assert repo.locate(signed).kind == KIND_SIGNED
+    plan = Plan("11" * 16, "gc", 1, frozenset({pack}), (),
+                condemned=RefSet.build([data_ref.to_key(), signed.to_key()]))
+    repo.plans.publish(plan)
+    repo.close()
+
+    writer = Repository.open(LocalBackend(repo_path), PASSWORD, cache_dir)
+    assert not writer.has(data_ref)  # would be stored again
+    assert writer.has(signed)  # signed blobs: what is stored (the claims index relies on it)
+    assert data_ref not in {r for r, _ in writer.enumerate()}  # garbage in transit
+    writer.put(b"condemned data")
+    writer.flush()
+    assert writer.has(data_ref) and len(writer.locations(data_ref)) == 2
+    writer.close()
+
+    reader = Repository.open(LocalBackend(repo_path), PASSWORD, cache_dir, lease=False)
+    assert reader.has(data_ref) and reader.lease is None
+    with pytest.raises(UsageError):
+        reader.put(b"no lease, no writing")
+    assert reader.sessions.ids() == []  # every writer gave its lease back
+    reader.close()
+
+
+def test_get_reads_another_copy_when_a_pack_vanishes(repo_path, cache_dir):
+    repo = Repository.create(LocalBackend(repo_path), PASSWORD, cache_dir)
+    ref = repo.put(b"moved by a gc")
+    repo.flush()
+    first = repo.locate(ref).pack_id
+    copier = repo.repacker()
+    copier.add(ref, b"moved by a gc", KIND_SCHEMA)
+    copier.flush()
+    repo.delete_pack(first)  # the index still names the first pack
+    assert repo.get(ref) == b"moved by a gc"
+    assert repo.locate(ref).pack_id == copier.written[0]
+    repo.close()
+
+
+def test_plan_view_joins_plans():
+    one = Plan("a", "g", 1, frozenset({"p1"}), (), ("t1",), RefSet.build([b"\x01" + b"a" * 28]))
+    two = Plan("b", "g", 2, frozenset({"p2"}), None, (), RefSet.build([b"\x01" + b"b" * 28]))
+    view = PlanView.of([one, two])
+    assert view.touched == {"p1", "p2", "t1"} and len(view.condemned) == 2
+    assert Plan.from_bytes(two.to_bytes()).waiting is None
+    assert not PlanView.of([])

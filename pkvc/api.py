@@ -11,7 +11,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from pkvc import identity, keyslots, restore, series as series_mod, snapshot as snapshot_mod, tree
+from pkvc import (forget as forget_mod, gc as gc_mod, identity, keyslots, restore, retention,
+                  series as series_mod, snapshot as snapshot_mod, tree)
 from pkvc.backends import open_backend
 from pkvc.blobref import BlobRef
 from pkvc.check import CheckReport, check_repository
@@ -183,17 +184,26 @@ class LogEntry:
     verified: bool
     number: int | None
     added_bytes: int | None
+    forgotten: bool = False
 
 
-def log(repo: Repository, series: str | None = None) -> list[LogEntry]:
-    """One series' snapshots newest first, or every series with its latest."""
+def log(repo: Repository, series: str | None = None,
+        include_forgotten: bool = False) -> list[LogEntry]:
+    """One series' snapshots newest first (with `include_forgotten`, also those
+    forgotten and not yet collected), or every series with its latest."""
     if series is not None:
         chosen = series_mod.get_series(repo, series)
         snaps = series_mod.snapshots(repo, chosen, include_invalid=True)
         valid = [s for s in snaps if s.verified]
         older = {s.claim: valid[i + 1].root if i + 1 < len(valid) else None
                  for i, s in enumerate(valid)}
-        return [_log_entry(repo, chosen.name, s, older.get(s.claim), s.verified) for s in snaps]
+        entries = [(s.date.ns, _log_entry(repo, chosen.name, s, older.get(s.claim), s.verified))
+                   for s in snaps]
+        if include_forgotten:
+            entries += [(date.ns, LogEntry(chosen.name, str(claim), str(date), str(root), None, "",
+                                           True, None, None, True))
+                        for claim, date, root in forget_mod.forgotten_snapshots(repo, chosen)]
+        return [e for _, e in sorted(entries, key=lambda pair: pair[0], reverse=True)]
     entries = []
     for each in series_mod.list_series(repo):
         snaps = series_mod.snapshots(repo, each)
@@ -265,6 +275,37 @@ def describe_permanode(repo: Repository, text: str, at: str | None = None):
         return series_mod.describe_permanode(repo, ref, when)
     except (UsageError, BlobNotFoundError):
         return None
+
+
+# -- forgetting and garbage collection ---------------------------------------
+
+def forget(repo: Repository, target: str, policy: retention.Policy | None = None,
+           dry_run: bool = False):
+    """Forget by policy (target = a series) or one snapshot (target = its claim ref)."""
+    with identity.open_identity(repo) as signer:
+        if policy is not None:
+            return forget_mod.forget_by_policy(repo, signer, target, policy, dry_run)
+        claim = resolve_ref(repo, target)
+        if dry_run:
+            return {"would_forget": str(claim)}
+        return {"forgotten": str(claim),
+                "delete_claim": str(forget_mod.forget_snapshot(repo, signer, claim))}
+
+
+def unforget(repo: Repository, claim: str) -> list[str]:
+    ref = resolve_ref(repo, claim) if BlobRef.parse_or_none(claim) is None else BlobRef.parse(claim)
+    with identity.open_identity(repo) as signer:
+        return [str(r) for r in forget_mod.unforget(repo, signer, ref)]
+
+
+def delete_series(repo: Repository, name: str) -> str:
+    with identity.open_identity(repo) as signer:
+        return str(forget_mod.delete_series(repo, signer, name))
+
+
+def gc(repo: Repository, max_unused: float = gc_mod.DEFAULT_MAX_UNUSED, dry_run: bool = False,
+       progress: Progress = NO_PROGRESS) -> gc_mod.GcSummary:
+    return gc_mod.gc(repo, max_unused=max_unused, dry_run=dry_run, progress=progress)
 
 
 # -- sharing -------------------------------------------------------------------

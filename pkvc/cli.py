@@ -19,7 +19,7 @@ from typing import List, Optional
 import typer
 from tqdm import tqdm
 
-from pkvc import api
+from pkvc import api, retention
 from pkvc.schema.timefmt import SchemaTime
 from pkvc.errors import (EXIT_CODES, EXIT_INTERRUPTED, EXIT_USAGE, PartialError, PkvcError,
                          UsageError)
@@ -379,13 +379,16 @@ def snapshot(ctx: typer.Context,
 
 @app.command()
 def log(ctx: typer.Context,
-        series: Optional[str] = typer.Argument(None, help="Series name (default: every series).")):
+        series: Optional[str] = typer.Argument(None, help="Series name (default: every series)."),
+        all_: bool = typer.Option(False, "--all", help="Also forgotten snapshots not yet collected.")):
     """A series' snapshots newest first, or every series with its latest snapshot."""
+    if all_ and series is None:
+        raise UsageError("--all needs a SERIES")
     with _open(ctx) as repo:
-        entries = api.log(repo, series)
+        entries = api.log(repo, series, include_forgotten=all_)
     lines = []
     for e in entries:
-        where = f"@{e.number}" if e.number is not None else "  "
+        where = "forgotten" if e.forgotten else f"@{e.number}" if e.number is not None else "  "
         mark = "" if e.verified else "  [signature does not verify: ignored]"
         added = f"+{_size(e.added_bytes)}" if e.added_bytes is not None else ""
         head = e.series if series is None else where
@@ -470,6 +473,82 @@ def attr(ctx: typer.Context,
     with _open(ctx) as repo:
         claim = api.attr(repo, permanode, name, value, mode)
     _emit(ctx, {"claim": str(claim)}, str(claim))
+
+
+# -- forgetting and garbage collection ---------------------------------------
+
+@app.command()
+def forget(ctx: typer.Context,
+           target: str = typer.Argument(..., help="A series (with --keep-* rules) or one "
+                                        "snapshot's claim ref."),
+           keep_last: int = typer.Option(0, "--keep-last", help="Keep the N latest snapshots."),
+           keep_hourly: int = typer.Option(0, "--keep-hourly", help="Keep N hourly snapshots."),
+           keep_daily: int = typer.Option(0, "--keep-daily", help="Keep N daily snapshots."),
+           keep_weekly: int = typer.Option(0, "--keep-weekly", help="Keep N weekly snapshots."),
+           keep_monthly: int = typer.Option(0, "--keep-monthly", help="Keep N monthly snapshots."),
+           keep_yearly: int = typer.Option(0, "--keep-yearly", help="Keep N yearly snapshots."),
+           keep_within: Optional[str] = typer.Option(
+               None, "--keep-within", help="Keep everything within this of the newest (2y5m7d3h)."),
+           keep_tags: List[str] = typer.Option([], "--keep-tag", help="Keep snapshots with this tag."),
+           dry_run: bool = typer.Option(False, "--dry-run", help="Say what would go; change nothing.")):
+    """Forget snapshots with signed delete claims (restic's retention rules); gc frees the space."""
+    counts = (keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly)
+    policy = None
+    if any(counts) or keep_within or keep_tags:
+        policy = retention.Policy(*counts, within=retention.Duration.parse(keep_within)
+                                  if keep_within else None,
+                                  tags=tuple(tuple(t.split(",")) for t in keep_tags))
+    with _open(ctx) as repo:
+        result = api.forget(repo, target, policy, dry_run)
+    if policy is None:
+        _emit(ctx, result, f"{'would forget' if dry_run else 'forgot'} {target}")
+        return
+    lines = [f"{result.series}: {result.policy}"]
+    for d in result.decisions:
+        verb = "keep  " if d.keep else ("would forget" if dry_run else "forget")
+        lines.append(f"  {verb}  {d.claim[:19]}  {d.date}  {'; '.join(d.reasons)}")
+    lines.append(f"{sum(not d.keep for d in result.decisions)} snapshots "
+                 f"{'would be ' if dry_run else ''}forgotten; run `pkvc gc` to free their space")
+    _emit(ctx, result, "\n".join(lines))
+
+
+@app.command()
+def unforget(ctx: typer.Context,
+             claim: str = typer.Argument(..., help="The forgotten snapshot's claim ref.")):
+    """Bring back a forgotten snapshot (only until a gc has collected it)."""
+    with _open(ctx) as repo:
+        undone = api.unforget(repo, claim)
+    _emit(ctx, {"undone": undone}, f"{claim} is back")
+
+
+@series_app.command("delete")
+def series_delete(ctx: typer.Context, name: str = typer.Argument(..., help="Series name.")):
+    """Forget a whole series (a signed delete claim on its permanode)."""
+    with _open(ctx) as repo:
+        claim = api.delete_series(repo, name)
+    _emit(ctx, {"series": name, "delete_claim": claim},
+          f"series {name} deleted; run `pkvc gc` to free its space")
+
+
+@app.command()
+def gc(ctx: typer.Context,
+       max_unused: float = typer.Option(5.0, "--max-unused", min=0, max=100,
+                                        help="Rewrite packs with more unreachable bytes than this "
+                                        "percentage (0: every pack holding any)."),
+       dry_run: bool = typer.Option(False, "--dry-run", help="Compute everything; delete nothing.")):
+    """Free the space of forgotten snapshots and deleted series (mark and sweep)."""
+    with _open(ctx) as repo:
+        summary = api.gc(repo, max_unused, dry_run, _progress(ctx))
+    if summary.skipped:
+        text = f"gc skipped: {summary.skipped}"
+    else:
+        text = (f"{'would free' if dry_run else 'freed'} {_size(summary.bytes_freed)}: "
+                f"{summary.packs_deleted} packs deleted, {summary.packs_rewritten} rewritten; "
+                f"{summary.live_blobs} live blobs ({_size(summary.live_bytes)}), "
+                f"{_size(summary.bytes_unreachable)} unreachable left"
+                + ("; a plan is left for the next gc (writers still running)"
+                   if summary.deferred else ""))
+    _emit(ctx, summary, text)
 
 
 # -- sharing -------------------------------------------------------------------

@@ -43,8 +43,11 @@ def init(session: Session, gpg_key: str | None = None, user_gnupghome: Path | No
     return repo, ident
 
 
-def open_repo(session: Session, progress: Progress = NO_PROGRESS) -> Repository:
-    return Repository.open(open_backend(session.url), session.password, session.cache_dir, progress)
+def open_repo(session: Session, progress: Progress = NO_PROGRESS, write: bool = True) -> Repository:
+    """Open; `write=False` takes no writer lease, so a gc never waits for a reader
+    and `has` answers what is stored even while a gc plan is pending."""
+    return Repository.open(open_backend(session.url), session.password, session.cache_dir, progress,
+                           lease=write)
 
 
 # -- key slots ---------------------------------------------------------------

@@ -187,8 +187,8 @@ def _emit(ctx: typer.Context, data, text: str | None = None) -> None:
         typer.echo(text)
 
 
-def _open(ctx: typer.Context):
-    return api.open_repo(_session(ctx), _progress(ctx))
+def _open(ctx: typer.Context, write: bool = True):
+    return api.open_repo(_session(ctx), _progress(ctx), write)
 
 
 # -- repository and keys -----------------------------------------------------
@@ -215,7 +215,7 @@ def init(ctx: typer.Context,
 @key_app.command("list")
 def key_list(ctx: typer.Context):
     """List key slots; * marks the one that opened the repository."""
-    with _open(ctx) as repo:
+    with _open(ctx, write=False) as repo:
         slots = api.key_list(repo)
         rows = [f"{'*' if s.id == repo.slot_id else ' '} {s.id}  {s.created}  {s.host}" for s in slots]
         _emit(ctx, [dict(_jsonable(s), current=s.id == repo.slot_id) for s in slots], "\n".join(rows))
@@ -281,7 +281,7 @@ def get(ctx: typer.Context,
                                       help="Write a file blob's content to stdout."),
         force: bool = typer.Option(False, "--force", help="Restore into a non-empty directory.")):
     """Fetch a blob: raw to stdout, a file's content, or a tree into --output."""
-    with _open(ctx) as repo:
+    with _open(ctx, write=False) as repo:
         if output is not None:
             result = api.restore_tree(repo, ref, output, force, _progress(ctx))
             _emit(ctx, result, None)
@@ -298,7 +298,7 @@ def get(ctx: typer.Context,
 def describe(ctx: typer.Context, ref: str = typer.Argument(..., help="Blobref or unique prefix."),
              at: Optional[str] = typer.Option(None, "--at", help="A permanode's state at this date.")):
     """Pretty-print a schema blob; for a permanode, its attributes and claim history."""
-    with _open(ctx) as repo:
+    with _open(ctx, write=False) as repo:
         info = api.describe(repo, ref)
         permanode = api.describe_permanode(repo, ref, at) if info.camli_type == "permanode" else None
     if permanode is not None:
@@ -338,7 +338,7 @@ def check(ctx: typer.Context,
           read_data: bool = typer.Option(False, "--read-data",
                                          help="Also decrypt and hash every blob.")):
     """Verify packs, index and references; never modifies anything."""
-    with _open(ctx) as repo:
+    with _open(ctx, write=False) as repo:
         report = api.check(repo, read_data, _progress(ctx))
     _emit(ctx, dict(_jsonable(report), ok=report.ok),
           f"{report.packs} packs, {report.blobs} blobs checked"
@@ -384,7 +384,7 @@ def log(ctx: typer.Context,
     """A series' snapshots newest first, or every series with its latest snapshot."""
     if all_ and series is None:
         raise UsageError("--all needs a SERIES")
-    with _open(ctx) as repo:
+    with _open(ctx, write=False) as repo:
         entries = api.log(repo, series, include_forgotten=all_)
     lines = []
     for e in entries:
@@ -411,7 +411,7 @@ def checkout(ctx: typer.Context,
              output: Path = typer.Option(..., "--output", "-o", help="Directory to restore into."),
              force: bool = typer.Option(False, "--force", help="Restore into a non-empty directory.")):
     """Restore a snapshot, or the file or subtree at PATH in it, into --output."""
-    with _open(ctx) as repo:
+    with _open(ctx, write=False) as repo:
         result = api.checkout(repo, spec, output, force, _progress(ctx))
     _emit(ctx, result, f"restored {result.files} files, {result.dirs} directories "
           f"({_size(result.bytes_written)}) into {output}")
@@ -427,7 +427,7 @@ def series_list(ctx: typer.Context):
     """List every series with its tags."""
     if ctx.invoked_subcommand is not None:
         return
-    with _open(ctx) as repo:
+    with _open(ctx, write=False) as repo:
         found = api.list_series(repo)
     _emit(ctx, [{"name": s.name, "permanode": str(s.permanode), "tags": list(s.tags),
                  "created": str(s.created) if s.created else None} for s in found],
@@ -439,7 +439,7 @@ def series_list(ctx: typer.Context):
 def ls(ctx: typer.Context,
        spec: str = typer.Argument(..., help="SERIES[@REV][:PATH] or a blobref prefix.")):
     """List the files in a snapshot (or below PATH in it)."""
-    with _open(ctx) as repo:
+    with _open(ctx, write=False) as repo:
         entries = api.ls(repo, spec)
     _emit(ctx, entries, "\n".join(
         f"{e.mode or '    '}  {'' if e.size is None else e.size:>12}  {e.mtime or '':<30}  "
@@ -450,7 +450,7 @@ def ls(ctx: typer.Context,
 def diff(ctx: typer.Context, a: str = typer.Argument(..., help="SERIES@REV (older)."),
          b: str = typer.Argument(..., help="SERIES@REV (newer).")):
     """Paths added (+), removed (-) and changed (M) between two snapshots."""
-    with _open(ctx) as repo:
+    with _open(ctx, write=False) as repo:
         result = api.diff(repo, a, b)
     as_text = {"added": [os.fsdecode(p) for p in result.added],
                "removed": [os.fsdecode(p) for p in result.removed],
@@ -591,7 +591,7 @@ def shares(ctx: typer.Context,
            url_base: Optional[str] = typer.Option(None, "--url-base", envvar="PKVC_SHARE_URL",
                                                   help=_URL_BASE_HELP)):
     """List shares: target, where it is in the snapshots, expiry, revoked or not."""
-    with _open(ctx) as repo:
+    with _open(ctx, write=False) as repo:
         found = api.shares(repo, url_base)
     lines = []
     for s in found:

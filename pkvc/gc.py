@@ -341,6 +341,7 @@ class _Run:
             raise IntegrityError(f"pack {pack} cannot be read ({why}); run `pkvc check` "
                                  "before gc")
         present = self.repo.list_packs()
+        self.repo.index.refresh(latest=True)  # P0 must not miss a pack the index already holds
         indexed = self.repo.index.packs()
         self.p0 = {p: size for p, size in present.items() if p in indexed}
         self.summary.packs_before = len(present)

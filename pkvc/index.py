@@ -249,14 +249,7 @@ class Index:
         return sum(1 for _ in self._scan(_BLOB))
 
     def _scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
-        it = self._reader.iter()
-        it.seek(prefix)
-        while it.valid():
-            key = it.key()
-            if not key.startswith(prefix):
-                break
-            yield key, it.value()
-            it.next()
+        return _prefix_scan(self._reader, prefix)
 
     # -- tables for higher layers ---------------------------------------
 

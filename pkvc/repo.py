@@ -383,37 +383,6 @@ class Repository:
         """Every copy of the blob, the primary first."""
         return self.index.locations(ref)
 
-    def remove(self, refs: set[BlobRef], progress: Progress = NO_PROGRESS) -> int:
-        """Delete blobs by rewriting the packs that hold them; returns bytes freed.
-
-        Survivors are stored in new packs and indexed before any old pack is
-        deleted, so an interruption at any point loses nothing still wanted.
-        """
-        self.flush()
-        by_pack: dict[str, list[tuple[BlobRef, Location]]] = {}
-        for key, loc, _ in self.all_locations():
-            by_pack.setdefault(loc.pack_id, []).append((BlobRef.from_key(key), loc))
-        doomed = sorted(pid for pid, blobs in by_pack.items() if any(r in refs for r, _ in blobs))
-        sizes = self.index.packs()
-        written: list[str] = []
-        kept: set[BlobRef] = set()
-        progress.start("rewrite", len(doomed), "packs")
-        for pid in doomed:
-            for ref, loc in by_pack[pid]:
-                if ref not in refs and ref not in kept:
-                    self._unflushed[ref] = self._writer.add(ref, self._load(ref, loc), loc.kind)
-                    kept.add(ref)
-                    if self._writer.size >= self.config.pack_size:
-                        written.append(self.flush())
-            progress.advance()
-        written.append(self.flush())
-        for pid in doomed:
-            self.backend.delete(pack_name(pid))
-        self.index.forget_packs(set(doomed))
-        progress.finish()
-        new_sizes = self.index.packs()
-        return sum(sizes[p] for p in doomed) - sum(new_sizes.get(p, 0) for p in written if p)
-
     def flush(self) -> str | None:
         """Write the pending pack, then index it; returns its id (None if empty).
 

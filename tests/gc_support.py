@@ -86,3 +86,25 @@ def assert_restores(repo: Repository, root: BlobRef, expected: dict[str, str], o
         shutil.rmtree(out)
     restore(root, out, repo)
     assert digest_tree(out) == expected
+
+
+def remove_blobs(repo: Repository, refs: set[BlobRef]) -> int:
+    """Drop blobs the way a gc sweep does, without its safety (tests only):
+    copy the other blobs of their packs into new packs, then delete the old
+    packs. Returns the pack bytes freed."""
+    repo.flush()
+    present = repo.list_packs()
+    doomed = sorted({loc.pack_id for key, loc, _ in repo.all_locations()
+                     if BlobRef.from_key(key) in refs})
+    repacker = repo.repacker()
+    for pack_id in doomed:
+        data = repo.load_pack(pack_id)
+        for e in repo.pack_entries(pack_id, data):
+            if e.ref not in refs:
+                repacker.add(e.ref, repo.open_pack_blob(e, data[e.offset:e.offset + e.length]),
+                             e.kind)
+    repacker.flush()
+    for pack_id in doomed:
+        repo.delete_pack(pack_id)
+    repo.forget_packs(set(doomed))
+    return sum(present[p] for p in doomed) - repacker.bytes_written

@@ -18,6 +18,7 @@ from pkvc.identity import (
 from pkvc.repo import Repository
 from tests.conftest import PASSWORD
 from tests.vectors import vectors_dir
+from gc_support import remove_blobs
 
 CAMLI_TESTER_FPR = "FBB89AA320A2806FE497C0492931A67C26F5ABDA"
 
@@ -87,7 +88,7 @@ def test_identity_object_cannot_be_moved_to_another_repository(signing_repo, rep
 
 def test_missing_key_blob_is_put_back(signing_repo):
     ref = current_identity(signing_repo).public_key_ref
-    signing_repo.remove({ref})
+    remove_blobs(signing_repo, {ref})
     assert not signing_repo.has(ref)
     with open_identity(signing_repo) as signer:
         assert signer.public_key_ref == ref

@@ -212,6 +212,10 @@ def init(ctx: typer.Context,
               f"signing key {ident.fingerprint}")
 
 
+_NEW_PASSWORD_FILE = typer.Option(
+    None, help="Read the new password from this file instead of prompting.")
+
+
 @key_app.command("list")
 def key_list(ctx: typer.Context):
     """List key slots; * marks the one that opened the repository."""
@@ -223,8 +227,7 @@ def key_list(ctx: typer.Context):
 
 @key_app.command("add")
 def key_add(ctx: typer.Context,
-            new_password_file: Optional[Path] = typer.Option(
-                None, help="Read the new password from this file instead of prompting.")):
+            new_password_file: Optional[Path] = _NEW_PASSWORD_FILE):
     """Add another password that opens the repository."""
     with _open(ctx) as repo:
         slot_id = api.key_add(repo, _new_password(new_password_file))
@@ -241,8 +244,7 @@ def key_remove(ctx: typer.Context, slot_id: str = typer.Argument(..., help="Slot
 
 @key_app.command("passwd")
 def key_passwd(ctx: typer.Context,
-               new_password_file: Optional[Path] = typer.Option(
-                   None, help="Read the new password from this file instead of prompting.")):
+               new_password_file: Optional[Path] = _NEW_PASSWORD_FILE):
     """Change the password that opened the repository."""
     with _open(ctx) as repo:
         slot_id = api.key_passwd(repo, _new_password(new_password_file))

@@ -28,6 +28,7 @@ import hashlib
 import os
 import pwd
 import stat as statmod
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -45,6 +46,10 @@ from pkvc.schema.staticset import MAX_STATIC_SET_MEMBERS, static_set_blobs
 MAX_PARTS = 5000
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
+# Bumped whenever `_finish_dir` builds directory blobs differently, so that
+# refs cached by an older pkvc are not reused for what would now differ.
+_DIR_KEY_VERSION = 1
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
@@ -59,16 +64,23 @@ class BlobSink(Protocol):
 
 
 class StatCache(Protocol):
-    """Remembers which file blob an unchanged file gave last time.
+    """Remembers which blob an unchanged file or directory gave last time.
 
-    `path` is the file's absolute path in bytes. A cached ref may be reused
+    `path` is the absolute path in bytes. A cached file ref may be reused
     only while every field of `stat_cache_key(st)` is unchanged: the file
-    blob records them (mode, owner, mtime, size; inode for hard links).
+    blob records them (mode, owner, mtime, size; inode for hard links). A
+    directory ref is reused only for the same `key`, a digest of everything
+    its blobs are built from (`_Walker._dir_key`). Both lookups return a
+    ref only while the sink still has that blob: the walker asks no more.
     """
 
     def lookup(self, path: bytes, st: os.stat_result) -> BlobRef | None: ...
 
     def record(self, path: bytes, st: os.stat_result, ref: BlobRef) -> None: ...
+
+    def lookup_dir(self, path: bytes, key: bytes) -> BlobRef | None: ...
+
+    def record_dir(self, path: bytes, key: bytes, ref: BlobRef) -> None: ...
 
 
 def stat_cache_key(st: os.stat_result) -> tuple:
@@ -174,6 +186,11 @@ class _DirFrame:
     refs: list[BlobRef] = field(default_factory=list)
     next: int = 0
 
+    def child_paths(self, name: bytes) -> tuple[bytes, bytes]:
+        """(absolute path, path relative to the top) of an entry."""
+        path = self.path + name if self.path.endswith(b"/") else self.path + b"/" + name
+        return path, (self.rel + b"/" + name if self.rel else name)
+
 
 class _Walker:
     """One put_path run: walks depth-first, sorted, holding one fd per level."""
@@ -252,7 +269,7 @@ class _Walker:
             self._skip(path, e.strerror or str(e))
             return None
         try:
-            names = sorted(os.fsencode(n) for n in os.listdir(fd))
+            names = sorted([n.encode(_FS_ENCODING, _FS_ERRORS) for n in os.listdir(fd)])
             st = os.fstat(fd)
         except OSError as e:
             os.close(fd)
@@ -262,8 +279,7 @@ class _Walker:
 
     def _visit(self, frame: _DirFrame, name: bytes) -> _DirFrame | None:
         """Store one entry of `frame`; return a frame to descend into, if a dir."""
-        path = os.path.join(frame.path, name)
-        rel = os.path.join(frame.rel, name) if frame.rel else name
+        path, rel = frame.child_paths(name)
         try:
             st = os.stat(name, dir_fd=frame.fd, follow_symlinks=False)
         except OSError as e:
@@ -280,14 +296,36 @@ class _Walker:
         return None
 
     def _finish_dir(self, frame: _DirFrame) -> BlobRef:
+        """The directory's blob: from the stat cache when built from the same
+        inputs before (an unchanged subtree costs no JSON and no hashing)."""
         os.close(frame.fd)
+        self.result.dirs += 1
+        owner, group = self._user(frame.st.st_uid), self._group(frame.st.st_gid)
+        cache = self.stat_cache
+        if cache is not None:
+            key = self._dir_key(frame, owner, group)
+            ref = cache.lookup_dir(frame.path, key)
+            if ref is not None:
+                return ref
         sets = static_set_blobs(frame.refs, self.max_set_members)
         for data in reversed(sets):  # sub-sets before the set that names them
             _put_schema(self.sink, data)
-        entries = BlobRef.of(sets[0])
-        self.result.dirs += 1
-        blob = DirectoryBlob(frame.name, entries, self._meta(frame.st))
-        return _put_schema(self.sink, blob.to_json())
+        meta = UnixMeta.from_stat(frame.st, owner, group)
+        ref = _put_schema(self.sink, DirectoryBlob(frame.name, BlobRef.of(sets[0]), meta).to_json())
+        if cache is not None:
+            cache.record_dir(frame.path, key, ref)
+        return ref
+
+    def _dir_key(self, frame: _DirFrame, owner: str | None, group: str | None) -> bytes:
+        """A digest of every input of `_finish_dir`'s blobs: the name, the
+        stat fields `UnixMeta.from_stat` reads, owner and group names, the
+        set size limit and the children's refs in order."""
+        st = frame.st
+        head = repr((_DIR_KEY_VERSION, frame.name, st.st_mode, st.st_uid, st.st_gid,
+                     st.st_mtime_ns, owner, group, self.max_set_members, len(frame.refs)))
+        digest = hashlib.sha224(head.encode("utf-8", "surrogateescape"))
+        digest.update("\n".join([str(r) for r in frame.refs]).encode())
+        return digest.digest()
 
     # everything but directories
 
@@ -334,8 +372,8 @@ class _Walker:
     def _cached(self, path: bytes, st) -> BlobRef | None:
         if self.stat_cache is None:
             return None
-        ref = self.stat_cache.lookup(path, st)
-        if ref is None or not self.sink.has(ref):
+        ref = self.stat_cache.lookup(path, st)  # checks that the sink has it
+        if ref is None:
             return None
         self.result.files += 1
         self.result.cached_files += 1

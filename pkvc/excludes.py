@@ -10,8 +10,10 @@ is skipped whole, as restic's and borg's `--exclude-caches` do.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
-import pathspec
+if TYPE_CHECKING:
+    import pathspec
 
 IGNORE_FILE = b".pkvcignore"
 CACHEDIR_TAG = b"CACHEDIR.TAG"
@@ -20,7 +22,10 @@ CACHEDIR_SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"
 
 def _spec(lines) -> pathspec.GitIgnoreSpec | None:
     lines = [line for line in lines if line.strip() and not line.lstrip().startswith("#")]
-    return pathspec.GitIgnoreSpec.from_lines(lines) if lines else None
+    if not lines:
+        return None
+    import pathspec  # only when there are patterns: most snapshots have none
+    return pathspec.GitIgnoreSpec.from_lines(lines)
 
 
 class Excluder:

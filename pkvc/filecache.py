@@ -10,7 +10,9 @@ no JSON and no hashing either.
 A hit is trusted only while the repository still has that blob (a gc may
 have removed it; a condemned blob counts as absent), and everything the
 blob references goes with it, since gc keeps or drops a blob together with
-what it references. Like every cache table, both are rebuilt as needed: a
+what it references. So the walker asks the repository about a directory's
+blob (`lookup_dir` does), and about its files' blobs only when that one is
+gone or changed: an unchanged subtree costs one `has` per directory. Like every cache table, both are rebuilt as needed: a
 lost or emptied cache only costs reading and hashing again, and gives the
 same refs.
 """
@@ -29,25 +31,27 @@ _DIR_KEY_SIZE = 28  # a SHA-224 digest
 
 
 class FileCache:
-    """`tree.StatCache` over the index; counts new, changed and unchanged files."""
+    """`tree.StatCache` over the index; counts files with no row (new), with
+    another stat (changed) and with the same one (matched: unchanged unless
+    the walker finds their blob gone, `PutResult.stale_files`)."""
 
     def __init__(self, repo: Repository):
         self._repo = repo
         self._table = repo.cache_table("files")
         self._dirs = repo.cache_table("dirs")
-        self.new = self.changed = self.unchanged = 0
+        self.new = self.changed = self.matched = 0
 
     def lookup(self, path: bytes, st: os.stat_result) -> BlobRef | None:
         row = self._table.get(path)
         if row is None:
             self.new += 1
             return None
-        ref = self._present(row, _KEY.pack(*stat_cache_key(st)))
-        if ref is None:
+        key = _KEY.pack(*stat_cache_key(st))
+        if not row.startswith(key) or len(row) <= len(key):
             self.changed += 1
             return None
-        self.unchanged += 1
-        return ref
+        self.matched += 1
+        return BlobRef.from_key(row[len(key):])
 
     def record(self, path: bytes, st: os.stat_result, ref: BlobRef) -> None:
         self._table.put(path, _KEY.pack(*stat_cache_key(st)) + ref.to_key())

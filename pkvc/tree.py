@@ -70,8 +70,11 @@ class StatCache(Protocol):
     only while every field of `stat_cache_key(st)` is unchanged: the file
     blob records them (mode, owner, mtime, size; inode for hard links). A
     directory ref is reused only for the same `key`, a digest of everything
-    its blobs are built from (`_Walker._dir_key`). Both lookups return a
-    ref only while the sink still has that blob: the walker asks no more.
+    its blobs are built from (`_Walker._dir_key`). `lookup_dir` returns a
+    ref only while the sink still has that blob; `lookup` need not check:
+    the walker asks the sink, once per directory when the directory's own
+    blob is unchanged and present (a blob the sink has comes with
+    everything it references, as gc keeps or drops them together).
     """
 
     def lookup(self, path: bytes, st: os.stat_result) -> BlobRef | None: ...
@@ -118,6 +121,7 @@ class PutResult:
     symlinks: int = 0
     specials: int = 0
     cached_files: int = 0
+    stale_files: int = 0  # the stat cache named a blob the sink no longer has
     bytes_read: int = 0
     errors: list[tuple[str, str]] = field(default_factory=list)
 
@@ -185,6 +189,8 @@ class _DirFrame:
     names: list[bytes]
     refs: list[BlobRef] = field(default_factory=list)
     next: int = 0
+    # Files whose ref came from the stat cache unchecked: (position in refs, name, path, stat)
+    unchecked: list[tuple[int, bytes, bytes, os.stat_result]] = field(default_factory=list)
 
     def child_paths(self, name: bytes) -> tuple[bytes, bytes]:
         """(absolute path, path relative to the top) of an entry."""
@@ -202,6 +208,9 @@ class _Walker:
         self.result: PutResult | None = None
         self._users: dict[int, str | None] = {}
         self._groups: dict[int, str | None] = {}
+        self._defer_to: _DirFrame | None = None  # where _cached may leave a ref unchecked
+        self._unchecked = False  # set by _cached when it did so
+        self._read_again = False  # _check_files is storing a file whose cached blob is gone
 
     def run(self, path: bytes) -> PutResult:
         self.result = PutResult(ref=None)  # type: ignore[arg-type]
@@ -290,15 +299,26 @@ class _Walker:
             return None
         if is_dir:
             return self._open_dir(frame.fd, name, path, rel, st)
-        ref = self._put_leaf(frame.fd, name, path, st)
+        self._defer_to, self._unchecked = frame, False
+        try:
+            ref = self._put_leaf(frame.fd, name, path, st)
+        finally:
+            self._defer_to = None
         if ref is not None:
+            if self._unchecked:
+                frame.unchecked.append((len(frame.refs), name, path, st))
             frame.refs.append(ref)
         return None
 
     def _finish_dir(self, frame: _DirFrame) -> BlobRef:
         """The directory's blob: from the stat cache when built from the same
         inputs before (an unchanged subtree costs no JSON and no hashing)."""
-        os.close(frame.fd)
+        try:
+            return self._dir_blob(frame)
+        finally:
+            os.close(frame.fd)
+
+    def _dir_blob(self, frame: _DirFrame) -> BlobRef:
         self.result.dirs += 1
         owner, group = self._user(frame.st.st_uid), self._group(frame.st.st_gid)
         cache = self.stat_cache
@@ -306,7 +326,9 @@ class _Walker:
             key = self._dir_key(frame, owner, group)
             ref = cache.lookup_dir(frame.path, key)
             if ref is not None:
-                return ref
+                return ref  # the sink has it, so it has everything it references
+            if self._check_files(frame):
+                key = self._dir_key(frame, owner, group)
         sets = static_set_blobs(frame.refs, self.max_set_members)
         for data in reversed(sets):  # sub-sets before the set that names them
             _put_schema(self.sink, data)
@@ -315,6 +337,33 @@ class _Walker:
         if cache is not None:
             cache.record_dir(frame.path, key, ref)
         return ref
+
+    def _check_files(self, frame: _DirFrame) -> bool:
+        """Check the sink has every file ref the stat cache gave for this
+        directory; store again (read) the files whose blobs are gone.
+        Returns whether any ref changed."""
+        changed = False
+        for position, name, path, st in frame.unchecked:
+            if self.sink.has(frame.refs[position]):
+                continue
+            self.result.files -= 1
+            self.result.cached_files -= 1
+            self.result.stale_files += 1
+            self._read_again = True
+            try:
+                ref = self._put_file(frame.fd, name, path, st)
+            except OSError as e:
+                self._skip(path, e.strerror or str(e))
+                ref = None
+            finally:
+                self._read_again = False
+            if ref != frame.refs[position]:
+                changed = True
+            frame.refs[position] = ref
+        if None in frame.refs:
+            frame.refs[:] = [r for r in frame.refs if r is not None]
+        frame.unchecked.clear()
+        return changed
 
     def _dir_key(self, frame: _DirFrame, owner: str | None, group: str | None) -> bytes:
         """A digest of every input of `_finish_dir`'s blobs: the name, the
@@ -370,10 +419,17 @@ class _Walker:
         return ref
 
     def _cached(self, path: bytes, st) -> BlobRef | None:
-        if self.stat_cache is None:
+        """The stat cache's ref for an unchanged file. Inside a directory the
+        sink is asked about it later, once for the whole directory when the
+        directory is unchanged too (`_finish_dir`); elsewhere now."""
+        if self.stat_cache is None or self._read_again:
             return None
-        ref = self.stat_cache.lookup(path, st)  # checks that the sink has it
+        ref = self.stat_cache.lookup(path, st)
         if ref is None:
+            return None
+        if self._defer_to is not None:
+            self._unchecked = True
+        elif not self.sink.has(ref):
             return None
         self.result.files += 1
         self.result.cached_files += 1

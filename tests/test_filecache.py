@@ -30,7 +30,7 @@ def test_an_unchanged_tree_gives_the_same_ref_reading_nothing(repo, reopen, tmp_
     blobs = again.stats.blobs
     second, cache = _snapshot(again, root)
     assert second.ref == first.ref
-    assert second.bytes_read == 0 and cache.unchanged == 3 and cache.new == cache.changed == 0
+    assert second.bytes_read == 0 and second.cached_files == 3 and cache.new == cache.changed == 0
     assert again.stats.blobs == blobs  # nothing stored
 
 
@@ -61,6 +61,34 @@ def test_a_changed_file_changes_the_directories_above_it(repo, tmp_path):
     first, _ = _snapshot(repo, root)
     (root / "a" / "b" / "c" / "deep.txt").write_bytes(b"changed")
     second, cache = _snapshot(repo, root)
-    assert second.ref != first.ref and cache.changed == 1 and cache.unchanged == 2
+    assert second.ref != first.ref and cache.changed == 1 and second.cached_files == 2
     fresh = tree.put_path(root, repo).ref  # no cache at all
     assert second.ref == fresh
+
+
+def _children(repo, dir_ref):
+    from pkvc.schema.anyblob import parse_blob
+    entries = parse_blob(repo.get(dir_ref)).entries
+    return {parse_blob(repo.get(r)).name: r for r in parse_blob(repo.get(entries)).members}
+
+
+def test_a_file_blob_gone_with_its_directory_is_read_again(repo, tmp_path):
+    root = _tree(tmp_path / "src")
+    first, _ = _snapshot(repo, root)
+    x = _children(repo, first.ref)[b"x"]
+    y = _children(repo, x)[b"y.bin"]
+    repo.remove({first.ref, x, y})  # as a gc would: nothing references them
+    second, cache = _snapshot(repo, root)
+    assert second.ref == first.ref and repo.has(y)
+    assert second.stale_files == 1 and second.cached_files == 2 and cache.matched == 3
+    assert second.bytes_read == 256 * 64
+
+
+def test_an_unchanged_tree_asks_about_one_blob_per_directory(repo, tmp_path, monkeypatch):
+    root = _tree(tmp_path / "src")
+    _snapshot(repo, root)
+    asked = []
+    has = repo.has
+    monkeypatch.setattr(repo, "has", lambda ref: asked.append(ref) or has(ref))
+    _snapshot(repo, root)
+    assert len(asked) == 5  # src, a, a/b, a/b/c, x; no file blob

@@ -189,8 +189,9 @@ class _DirFrame:
     names: list[bytes]
     refs: list[BlobRef] = field(default_factory=list)
     next: int = 0
-    # Files whose ref came from the stat cache unchecked: (position in refs, name, path, stat)
-    unchecked: list[tuple[int, bytes, bytes, os.stat_result]] = field(default_factory=list)
+    # Files whose ref came from the stat cache unchecked: (position in refs, name);
+    # no stat kept, so a directory of many files holds little memory
+    unchecked: list[tuple[int, bytes]] = field(default_factory=list)
 
     def child_paths(self, name: bytes) -> tuple[bytes, bytes]:
         """(absolute path, path relative to the top) of an entry."""
@@ -306,7 +307,7 @@ class _Walker:
             self._defer_to = None
         if ref is not None:
             if self._unchecked:
-                frame.unchecked.append((len(frame.refs), name, path, st))
+                frame.unchecked.append((len(frame.refs), name))
             frame.refs.append(ref)
         return None
 
@@ -343,15 +344,17 @@ class _Walker:
         directory; store again (read) the files whose blobs are gone.
         Returns whether any ref changed."""
         changed = False
-        for position, name, path, st in frame.unchecked:
+        for position, name in frame.unchecked:
             if self.sink.has(frame.refs[position]):
                 continue
+            path = frame.child_paths(name)[0]
             self.result.files -= 1
             self.result.cached_files -= 1
             self.result.stale_files += 1
             self._read_again = True
             try:
-                ref = self._put_file(frame.fd, name, path, st)
+                ref = self._put_file(frame.fd, name, path, os.stat(name, dir_fd=frame.fd,
+                                                                 follow_symlinks=False))
             except OSError as e:
                 self._skip(path, e.strerror or str(e))
                 ref = None

@@ -35,8 +35,7 @@ class Excluder:
         self.top = os.fsencode(os.path.abspath(os.fspath(top)))
         self.ignore_files = ignore_files
         self.exclude_caches = exclude_caches
-        self._specs: dict[bytes, pathspec.GitIgnoreSpec | None] = {b"": None}
-        self._active: dict[bytes, tuple] = {}
+        self._active: dict[bytes, tuple] = {b"": ()}  # the top's own .pkvcignore is not read
         self._given = _spec(patterns)
         self.excluded = 0
 
@@ -64,16 +63,11 @@ class Excluder:
         active = self._active.get(rel_dir)
         if active is None:
             active = self._active_specs(rel_dir.rpartition(b"/")[0]) if rel_dir else ()
-            spec = self._dir_spec(rel_dir) if self.ignore_files else None
+            spec = self._read_spec(rel_dir) if self.ignore_files else None
             if spec is not None:
                 active += ((len(rel_dir) + 1 if rel_dir else 0, spec),)
             self._active[rel_dir] = active
         return active
-
-    def _dir_spec(self, rel_dir: bytes) -> pathspec.GitIgnoreSpec | None:
-        if rel_dir not in self._specs:
-            self._specs[rel_dir] = self._read_spec(rel_dir)
-        return self._specs[rel_dir]
 
     def _read_spec(self, rel_dir: bytes) -> pathspec.GitIgnoreSpec | None:
         path = os.path.join(self.top, rel_dir, IGNORE_FILE) if rel_dir else os.path.join(self.top, IGNORE_FILE)

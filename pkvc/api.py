@@ -10,16 +10,22 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pkvc import (forget as forget_mod, gc as gc_mod, identity, keyslots, restore, retention,
-                  series as series_mod, snapshot as snapshot_mod, tree)
+from pkvc import identity, keyslots, series as series_mod, snapshot as snapshot_mod, tree
 from pkvc.backends import open_backend
 from pkvc.blobref import BlobRef
-from pkvc.check import CheckReport, check_repository
 from pkvc.errors import BlobNotFoundError, SchemaError, UsageError
 from pkvc.progress import NO_PROGRESS, Progress, bytes_of
 from pkvc.repo import Repository, SyncReport
 from pkvc.schema.canonical import looks_like_schema, parse_schema
+
+# Modules only some commands need are imported by those commands: every
+# command pays for what is imported here (docs/performance.md).
+if TYPE_CHECKING:
+    from pkvc import (bundle as bundle_mod, gc as gc_mod, pull as pull_mod, restore, retention,
+                      share as share_mod)
+    from pkvc.check import CheckReport
 
 
 @dataclass(frozen=True)
@@ -120,6 +126,7 @@ def put_paths(repo: Repository, paths: list[Path], progress: Progress = NO_PROGR
 def restore_tree(repo: Repository, text: str, output: Path, force: bool = False,
                  progress: Progress = NO_PROGRESS) -> restore.RestoreResult:
     """Write the file or tree named by `text` into `output` (never outside it)."""
+    from pkvc import restore
     ref = resolve_ref(repo, text)
     output = Path(output)
     if output.exists() and any(output.iterdir()) and not force:
@@ -134,6 +141,7 @@ def restore_tree(repo: Repository, text: str, output: Path, force: bool = False,
 
 def file_contents(repo: Repository, text: str):
     """The bytes of a `file` blob's content, streamed in blocks."""
+    from pkvc import restore
     return restore.iter_file_bytes(resolve_ref(repo, text), repo)
 
 
@@ -161,6 +169,7 @@ def describe(repo: Repository, text: str) -> Description:
 
 
 def check(repo: Repository, read_data: bool = False, progress: Progress = NO_PROGRESS) -> CheckReport:
+    from pkvc.check import check_repository
     return check_repository(repo, read_data, progress)
 
 
@@ -194,6 +203,7 @@ def log(repo: Repository, series: str | None = None,
         include_forgotten: bool = False) -> list[LogEntry]:
     """One series' snapshots newest first (with `include_forgotten`, also those
     forgotten and not yet collected), or every series with its latest."""
+    from pkvc import forget as forget_mod
     if series is not None:
         chosen = series_mod.get_series(repo, series)
         snaps = series_mod.snapshots(repo, chosen, include_invalid=True)
@@ -285,6 +295,7 @@ def describe_permanode(repo: Repository, text: str, at: str | None = None):
 def forget(repo: Repository, target: str, policy: retention.Policy | None = None,
            dry_run: bool = False):
     """Forget by policy (target = a series) or one snapshot (target = its claim ref)."""
+    from pkvc import forget as forget_mod
     with identity.open_identity(repo) as signer:
         if policy is not None:
             return forget_mod.forget_by_policy(repo, signer, target, policy, dry_run)
@@ -296,27 +307,28 @@ def forget(repo: Repository, target: str, policy: retention.Policy | None = None
 
 
 def unforget(repo: Repository, claim: str) -> list[str]:
+    from pkvc import forget as forget_mod
     ref = resolve_ref(repo, claim) if BlobRef.parse_or_none(claim) is None else BlobRef.parse(claim)
     with identity.open_identity(repo) as signer:
         return [str(r) for r in forget_mod.unforget(repo, signer, ref)]
 
 
 def delete_series(repo: Repository, name: str) -> str:
+    from pkvc import forget as forget_mod
     with identity.open_identity(repo) as signer:
         return str(forget_mod.delete_series(repo, signer, name))
 
 
-def gc(repo: Repository, max_unused: float = gc_mod.DEFAULT_MAX_UNUSED, dry_run: bool = False,
+def gc(repo: Repository, max_unused: float | None = None, dry_run: bool = False,
        progress: Progress = NO_PROGRESS) -> gc_mod.GcSummary:
+    """`max_unused` None: gc's default."""
+    from pkvc import gc as gc_mod
+    if max_unused is None:
+        max_unused = gc_mod.DEFAULT_MAX_UNUSED
     return gc_mod.gc(repo, max_unused=max_unused, dry_run=dry_run, progress=progress)
 
 
 # -- sharing -------------------------------------------------------------------
-# (imports kept here so this section stays self-contained; see docs/sharing.md)
-
-from pkvc import bundle as bundle_mod, pull as pull_mod  # noqa: E402
-from pkvc import share as share_mod, sharekey  # noqa: E402
-from pkvc.claims import ClaimsIndex  # noqa: E402
 
 
 @dataclass
@@ -354,6 +366,7 @@ def share_url(url_base: str | None, ref) -> str | None:
 
 def share_target(repo: Repository, spec: str) -> tuple[BlobRef, share_mod.TargetPlace | None]:
     """What `share SPEC` shares: SERIES[@REV][:PATH], a blobref, or a unique prefix."""
+    from pkvc import share as share_mod
     ref = BlobRef.parse_or_none(spec)
     if ref is not None:
         return ref, None
@@ -372,6 +385,9 @@ def share(repo: Repository, spec: str, expires: str | None = None, transitive: b
           url_base: str | None = None, bundle: Path | None = None, to: str | None = None,
           progress: Progress = NO_PROGRESS) -> ShareCreated:
     """Sign a share of what `spec` names; with `bundle`, also write it sealed to `to`."""
+    from pkvc import bundle as bundle_mod
+    from pkvc import share as share_mod
+    from pkvc import sharekey
     if (bundle is None) != (to is None):
         raise UsageError("--bundle FILE and --to PUBLIC_KEY go together")
     if bundle is not None and not transitive:
@@ -394,6 +410,8 @@ def share(repo: Repository, spec: str, expires: str | None = None, transitive: b
 
 def shares(repo: Repository, url_base: str | None = None) -> list[ShareListing]:
     """Every share, revoked and expired ones too, with where its target sits."""
+    from pkvc import share as share_mod
+    from pkvc.claims import ClaimsIndex
     out = []
     for s in share_mod.list_shares(repo, index=ClaimsIndex.open(repo)):
         place = share_mod.place_of(repo, s.ref, s.target)
@@ -408,6 +426,8 @@ def shares(repo: Repository, url_base: str | None = None) -> list[ShareListing]:
 
 def unshare(repo: Repository, text: str) -> BlobRef:
     """Revoke a share with a signed delete claim; the claim's ref."""
+    from pkvc import share as share_mod
+    from pkvc.claims import ClaimsIndex
     ref = resolve_ref(repo, text)
     if ClaimsIndex.open(repo).is_deleted(ref):
         raise UsageError(f"share {ref} is already revoked")
@@ -417,6 +437,7 @@ def unshare(repo: Repository, text: str) -> BlobRef:
 
 def sharing_identity(repo: Repository) -> str:
     """The public sharing key (`x25519-<hex>`) that bundles for this repository are sealed to."""
+    from pkvc import sharekey
     return sharekey.sharing_key(repo).text
 
 
@@ -443,6 +464,8 @@ def serve(repo: Repository, listen: str | None = None, tls_cert: Path | None = N
 def pull(repo: Repository, source: str, cache_dir: Path, series: str | None = None,
          cafile: Path | None = None, progress: Progress = NO_PROGRESS) -> pull_mod.PullResult:
     """Fetch a share from a server URL, or import a bundle file; all or nothing."""
+    from pkvc import bundle as bundle_mod
+    from pkvc import pull as pull_mod
     if source.startswith(("http://", "https://")):
         incoming = pull_mod.gather(repo, source, cache_dir, cafile, progress)
     elif Path(source).is_file():

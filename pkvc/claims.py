@@ -79,8 +79,11 @@ from pkvc.schema.timefmt import SchemaTime
 TABLE = "claims"
 LAYOUT = b"1"
 NODE_TYPE_ATTR = "camliNodeType"
-# Up to this many new packs, read their headers; beyond it, one index pass.
+# Up to this many new packs, read their headers; beyond it, or when the new
+# packs are more than 1/INDEX_PASS_SHARE of all, one pass over the index's
+# rows (its cost grows with the index, a header's with its pack's blobs).
 HEADER_READ_LIMIT = 32
+INDEX_PASS_SHARE = 8
 
 OK = "ok"
 BAD_SIGNATURE = "bad-signature"
@@ -291,7 +294,7 @@ class ClaimsIndex:
             return stats
         done = {key[1:].hex(): value for key, value in self.table.scan(_PACK)}
         new = {p: size for p, size in packs.items() if p not in done}
-        signed = self._signed_refs(new)
+        signed = self._signed_refs(new, packs)
         keys = _KeyCache(self.repo)
         for pack_id in sorted(new):
             refs = signed.get(pack_id)
@@ -315,15 +318,17 @@ class ClaimsIndex:
         self.table.flush()
         return stats
 
-    def _signed_refs(self, new: dict[str, int]) -> dict[str, list[BlobRef]]:
-        """Signed blobs per new pack; a pack whose header cannot be read now is left out."""
+    def _signed_refs(self, new: dict[str, int], known: dict[str, int]) -> dict[str, list[BlobRef]]:
+        """Signed blobs per new pack; a pack whose header cannot be read now is left out.
+        `known`: every pack of the index (the index pass reads all of their rows)."""
         if not new:
             return {}
-        if len(new) > HEADER_READ_LIMIT:
+        if len(new) > HEADER_READ_LIMIT or len(new) * INDEX_PASS_SHARE > len(known):
             found: dict[str, list[BlobRef]] = {p: [] for p in new}
-            for ref, loc in self.repo.enumerate():
-                if loc.kind == KIND_SIGNED and loc.pack_id in found:
-                    found[loc.pack_id].append(ref)
+            self.repo.flush()
+            for ref, pack_id in self.repo.index.blobs_of_kind(KIND_SIGNED):
+                if pack_id in found:
+                    found[pack_id].append(ref)
             return found
         found = {}
         for pack_id, size in new.items():

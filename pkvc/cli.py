@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from tqdm import tqdm
 
-from pkvc import api, retention
+from pkvc import api
 from pkvc.schema.timefmt import SchemaTime
 from pkvc.errors import (EXIT_CODES, EXIT_INTERRUPTED, EXIT_USAGE, PartialError, PkvcError,
                          UsageError)
@@ -139,11 +138,12 @@ class TqdmProgress:
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
-        self._bar: tqdm | None = None
+        self._bar = None
 
     def start(self, task: str, total: int | None = None, unit: str = "it") -> None:
         self.finish()
         if self.enabled:
+            from tqdm import tqdm  # only for a human at a terminal
             self._bar = tqdm(total=total, desc=task, unit=unit, unit_scale=unit == "B",
                              file=sys.stderr, leave=False, dynamic_ncols=True)
 
@@ -497,6 +497,7 @@ def forget(ctx: typer.Context,
     counts = (keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly)
     policy = None
     if any(counts) or keep_within or keep_tags:
+        from pkvc import retention
         policy = retention.Policy(*counts, within=retention.Duration.parse(keep_within)
                                   if keep_within else None,
                                   tags=tuple(tuple(t.split(",")) for t in keep_tags))

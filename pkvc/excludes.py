@@ -10,8 +10,10 @@ is skipped whole, as restic's and borg's `--exclude-caches` do.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
-import pathspec
+if TYPE_CHECKING:
+    import pathspec
 
 IGNORE_FILE = b".pkvcignore"
 CACHEDIR_TAG = b"CACHEDIR.TAG"
@@ -20,7 +22,10 @@ CACHEDIR_SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"
 
 def _spec(lines) -> pathspec.GitIgnoreSpec | None:
     lines = [line for line in lines if line.strip() and not line.lstrip().startswith("#")]
-    return pathspec.GitIgnoreSpec.from_lines(lines) if lines else None
+    if not lines:
+        return None
+    import pathspec  # only when there are patterns: most snapshots have none
+    return pathspec.GitIgnoreSpec.from_lines(lines)
 
 
 class Excluder:
@@ -30,7 +35,7 @@ class Excluder:
         self.top = os.fsencode(os.path.abspath(os.fspath(top)))
         self.ignore_files = ignore_files
         self.exclude_caches = exclude_caches
-        self._specs: dict[bytes, pathspec.GitIgnoreSpec | None] = {b"": None}
+        self._active: dict[bytes, tuple] = {b"": ()}  # the top's own .pkvcignore is not read
         self._given = _spec(patterns)
         self.excluded = 0
 
@@ -41,27 +46,33 @@ class Excluder:
         return False
 
     def _matches(self, rel: bytes, is_dir: bool) -> bool:
-        text = os.fsdecode(rel) + ("/" if is_dir else "")
-        if self._given is not None and self._given.match_file(text):
-            return True
-        if not self.ignore_files:
+        active = self._active_specs(rel.rpartition(b"/")[0])
+        if self._given is None and not active:
             return False
-        parts = rel.split(b"/")
-        for depth in range(len(parts)):
-            spec = self._dir_spec(b"/".join(parts[:depth]))
-            if spec is not None:
-                below = os.fsdecode(b"/".join(parts[depth:])) + ("/" if is_dir else "")
-                if spec.match_file(below):
-                    return True
+        slash = "/" if is_dir else ""
+        if self._given is not None and self._given.match_file(os.fsdecode(rel) + slash):
+            return True
+        for cut, spec in active:
+            if spec.match_file(os.fsdecode(rel[cut:]) + slash):
+                return True
         return False
 
-    def _dir_spec(self, rel_dir: bytes) -> pathspec.GitIgnoreSpec | None:
-        if rel_dir not in self._specs:
-            self._specs[rel_dir] = self._read_spec(rel_dir)
-        return self._specs[rel_dir]
+    def _active_specs(self, rel_dir: bytes) -> tuple:
+        """(prefix length, spec) of every `.pkvcignore` from the top down to
+        `rel_dir`, computed once per directory."""
+        active = self._active.get(rel_dir)
+        if active is None:
+            active = self._active_specs(rel_dir.rpartition(b"/")[0]) if rel_dir else ()
+            spec = self._read_spec(rel_dir) if self.ignore_files else None
+            if spec is not None:
+                active += ((len(rel_dir) + 1 if rel_dir else 0, spec),)
+            self._active[rel_dir] = active
+        return active
 
     def _read_spec(self, rel_dir: bytes) -> pathspec.GitIgnoreSpec | None:
         path = os.path.join(self.top, rel_dir, IGNORE_FILE) if rel_dir else os.path.join(self.top, IGNORE_FILE)
+        if not os.access(path, os.F_OK):
+            return None  # the common case, answered without an exception
         try:
             with open(path, "rb") as f:
                 return _spec(f.read().decode("utf-8", "surrogateescape").splitlines())
@@ -69,8 +80,11 @@ class Excluder:
             return None
 
     def _is_cache(self, rel: bytes) -> bool:
+        path = os.path.join(self.top, rel, CACHEDIR_TAG)
+        if not os.access(path, os.F_OK):
+            return False
         try:
-            with open(os.path.join(self.top, rel, CACHEDIR_TAG), "rb") as f:
+            with open(path, "rb") as f:
                 return f.read(len(CACHEDIR_SIGNATURE)) == CACHEDIR_SIGNATURE
         except OSError:
             return False

@@ -233,6 +233,15 @@ class Index:
                 continue
             yield BlobRef.from_key(key[1:]), _decode_location(value)
 
+    def blobs_of_kind(self, kind: int) -> Iterator[tuple[BlobRef, str]]:
+        """(ref, pack id) of every indexed blob (primary copy) of one kind, leaving
+        out `hidden` ones: one pass that decodes only the rows it yields."""
+        self.flush()
+        hidden, kind_byte = self.hidden, bytes([kind])
+        for key, value in self._scan(_BLOB):
+            if value[32:33] == kind_byte and not (hidden and key[1:] in hidden):
+                yield BlobRef.from_key(key[1:]), value[:32].hex()
+
     def all_blobs(self) -> Iterator[tuple[bytes, Location]]:
         """(ref key, primary location) of every indexed blob, hidden or not, in key order."""
         self.flush()

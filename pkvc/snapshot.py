@@ -62,7 +62,8 @@ def take_snapshot(repo: Repository, signer, path: Path, series_name: str | None 
     repo.flush()
     return SnapshotSummary(
         series=name, series_created=created, claim=str(claim), root=str(result.ref),
-        files_new=cache.new, files_changed=cache.changed, files_unchanged=cache.unchanged,
+        files_new=cache.new, files_changed=cache.changed + result.stale_files,
+        files_unchanged=result.cached_files,
         dirs=result.dirs, excluded=excluder.excluded, bytes_read=result.bytes_read,
         bytes_added=repo.stats.stored_bytes - before[0], blobs_added=repo.stats.blobs - before[1],
         duration=round(time.monotonic() - started, 3), errors=result.errors)

@@ -28,6 +28,7 @@ import hashlib
 import os
 import pwd
 import stat as statmod
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -45,6 +46,10 @@ from pkvc.schema.staticset import MAX_STATIC_SET_MEMBERS, static_set_blobs
 MAX_PARTS = 5000
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
+# Bumped whenever `_finish_dir` builds directory blobs differently, so that
+# refs cached by an older pkvc are not reused for what would now differ.
+_DIR_KEY_VERSION = 1
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
@@ -59,16 +64,26 @@ class BlobSink(Protocol):
 
 
 class StatCache(Protocol):
-    """Remembers which file blob an unchanged file gave last time.
+    """Remembers which blob an unchanged file or directory gave last time.
 
-    `path` is the file's absolute path in bytes. A cached ref may be reused
+    `path` is the absolute path in bytes. A cached file ref may be reused
     only while every field of `stat_cache_key(st)` is unchanged: the file
-    blob records them (mode, owner, mtime, size; inode for hard links).
+    blob records them (mode, owner, mtime, size; inode for hard links). A
+    directory ref is reused only for the same `key`, a digest of everything
+    its blobs are built from (`_Walker._dir_key`). `lookup_dir` returns a
+    ref only while the sink still has that blob; `lookup` need not check:
+    the walker asks the sink, once per directory when the directory's own
+    blob is unchanged and present (a blob the sink has comes with
+    everything it references, as gc keeps or drops them together).
     """
 
     def lookup(self, path: bytes, st: os.stat_result) -> BlobRef | None: ...
 
     def record(self, path: bytes, st: os.stat_result, ref: BlobRef) -> None: ...
+
+    def lookup_dir(self, path: bytes, key: bytes) -> BlobRef | None: ...
+
+    def record_dir(self, path: bytes, key: bytes, ref: BlobRef) -> None: ...
 
 
 def stat_cache_key(st: os.stat_result) -> tuple:
@@ -106,6 +121,7 @@ class PutResult:
     symlinks: int = 0
     specials: int = 0
     cached_files: int = 0
+    stale_files: int = 0  # the stat cache named a blob the sink no longer has
     bytes_read: int = 0
     errors: list[tuple[str, str]] = field(default_factory=list)
 
@@ -173,6 +189,14 @@ class _DirFrame:
     names: list[bytes]
     refs: list[BlobRef] = field(default_factory=list)
     next: int = 0
+    # Files whose ref came from the stat cache unchecked: (position in refs, name);
+    # no stat kept, so a directory of many files holds little memory
+    unchecked: list[tuple[int, bytes]] = field(default_factory=list)
+
+    def child_paths(self, name: bytes) -> tuple[bytes, bytes]:
+        """(absolute path, path relative to the top) of an entry."""
+        path = self.path + name if self.path.endswith(b"/") else self.path + b"/" + name
+        return path, (self.rel + b"/" + name if self.rel else name)
 
 
 class _Walker:
@@ -185,6 +209,9 @@ class _Walker:
         self.result: PutResult | None = None
         self._users: dict[int, str | None] = {}
         self._groups: dict[int, str | None] = {}
+        self._defer_to: _DirFrame | None = None  # where _cached may leave a ref unchecked
+        self._unchecked = False  # set by _cached when it did so
+        self._read_again = False  # _check_files is storing a file whose cached blob is gone
 
     def run(self, path: bytes) -> PutResult:
         self.result = PutResult(ref=None)  # type: ignore[arg-type]
@@ -252,7 +279,7 @@ class _Walker:
             self._skip(path, e.strerror or str(e))
             return None
         try:
-            names = sorted(os.fsencode(n) for n in os.listdir(fd))
+            names = sorted([n.encode(_FS_ENCODING, _FS_ERRORS) for n in os.listdir(fd)])
             st = os.fstat(fd)
         except OSError as e:
             os.close(fd)
@@ -262,8 +289,7 @@ class _Walker:
 
     def _visit(self, frame: _DirFrame, name: bytes) -> _DirFrame | None:
         """Store one entry of `frame`; return a frame to descend into, if a dir."""
-        path = os.path.join(frame.path, name)
-        rel = os.path.join(frame.rel, name) if frame.rel else name
+        path, rel = frame.child_paths(name)
         try:
             st = os.stat(name, dir_fd=frame.fd, follow_symlinks=False)
         except OSError as e:
@@ -274,20 +300,84 @@ class _Walker:
             return None
         if is_dir:
             return self._open_dir(frame.fd, name, path, rel, st)
-        ref = self._put_leaf(frame.fd, name, path, st)
+        self._defer_to, self._unchecked = frame, False
+        try:
+            ref = self._put_leaf(frame.fd, name, path, st)
+        finally:
+            self._defer_to = None
         if ref is not None:
+            if self._unchecked:
+                frame.unchecked.append((len(frame.refs), name))
             frame.refs.append(ref)
         return None
 
     def _finish_dir(self, frame: _DirFrame) -> BlobRef:
-        os.close(frame.fd)
+        """The directory's blob: from the stat cache when built from the same
+        inputs before (an unchanged subtree costs no JSON and no hashing)."""
+        try:
+            return self._dir_blob(frame)
+        finally:
+            os.close(frame.fd)
+
+    def _dir_blob(self, frame: _DirFrame) -> BlobRef:
+        self.result.dirs += 1
+        owner, group = self._user(frame.st.st_uid), self._group(frame.st.st_gid)
+        cache = self.stat_cache
+        if cache is not None:
+            key = self._dir_key(frame, owner, group)
+            ref = cache.lookup_dir(frame.path, key)
+            if ref is not None:
+                return ref  # the sink has it, so it has everything it references
+            if self._check_files(frame):
+                key = self._dir_key(frame, owner, group)
         sets = static_set_blobs(frame.refs, self.max_set_members)
         for data in reversed(sets):  # sub-sets before the set that names them
             _put_schema(self.sink, data)
-        entries = BlobRef.of(sets[0])
-        self.result.dirs += 1
-        blob = DirectoryBlob(frame.name, entries, self._meta(frame.st))
-        return _put_schema(self.sink, blob.to_json())
+        meta = UnixMeta.from_stat(frame.st, owner, group)
+        ref = _put_schema(self.sink, DirectoryBlob(frame.name, BlobRef.of(sets[0]), meta).to_json())
+        if cache is not None:
+            cache.record_dir(frame.path, key, ref)
+        return ref
+
+    def _check_files(self, frame: _DirFrame) -> bool:
+        """Check the sink has every file ref the stat cache gave for this
+        directory; store again (read) the files whose blobs are gone.
+        Returns whether any ref changed."""
+        changed = False
+        for position, name in frame.unchecked:
+            if self.sink.has(frame.refs[position]):
+                continue
+            path = frame.child_paths(name)[0]
+            self.result.files -= 1
+            self.result.cached_files -= 1
+            self.result.stale_files += 1
+            self._read_again = True
+            try:
+                ref = self._put_file(frame.fd, name, path, os.stat(name, dir_fd=frame.fd,
+                                                                 follow_symlinks=False))
+            except OSError as e:
+                self._skip(path, e.strerror or str(e))
+                ref = None
+            finally:
+                self._read_again = False
+            if ref != frame.refs[position]:
+                changed = True
+            frame.refs[position] = ref
+        if None in frame.refs:
+            frame.refs[:] = [r for r in frame.refs if r is not None]
+        frame.unchecked.clear()
+        return changed
+
+    def _dir_key(self, frame: _DirFrame, owner: str | None, group: str | None) -> bytes:
+        """A digest of every input of `_finish_dir`'s blobs: the name, the
+        stat fields `UnixMeta.from_stat` reads, owner and group names, the
+        set size limit and the children's refs in order."""
+        st = frame.st
+        head = repr((_DIR_KEY_VERSION, frame.name, st.st_mode, st.st_uid, st.st_gid,
+                     st.st_mtime_ns, owner, group, self.max_set_members, len(frame.refs)))
+        digest = hashlib.sha224(head.encode("utf-8", "surrogateescape"))
+        digest.update("\n".join([str(r) for r in frame.refs]).encode())
+        return digest.digest()
 
     # everything but directories
 
@@ -332,10 +422,17 @@ class _Walker:
         return ref
 
     def _cached(self, path: bytes, st) -> BlobRef | None:
-        if self.stat_cache is None:
+        """The stat cache's ref for an unchanged file. Inside a directory the
+        sink is asked about it later, once for the whole directory when the
+        directory is unchanged too (`_finish_dir`); elsewhere now."""
+        if self.stat_cache is None or self._read_again:
             return None
         ref = self.stat_cache.lookup(path, st)
-        if ref is None or not self.sink.has(ref):
+        if ref is None:
+            return None
+        if self._defer_to is not None:
+            self._unchecked = True
+        elif not self.sink.has(ref):
             return None
         self.result.files += 1
         self.result.cached_files += 1

@@ -227,6 +227,21 @@ def test_rebuild_by_one_index_pass_gives_the_same_answers(repo, repo_signer, pn,
     assert _history(rebuilt, pn) == before
 
 
+def test_rebuild_by_reading_pack_headers_gives_the_same_answers(repo, repo_signer, pn, reopen,
+                                                                 cache_dir, monkeypatch):
+    for i in range(3):
+        add_claim(repo, repo_signer, "set-attribute", pn, "title", str(i), at(i))
+        repo.flush()  # one pack each
+    before = _history(repo, pn)
+    repo.close()
+    shutil.rmtree(cache_dir)
+    monkeypatch.setattr(claims, "INDEX_PASS_SHARE", 0)
+    monkeypatch.setattr(claims, "HEADER_READ_LIMIT", 1000)
+    rebuilt = reopen()
+    monkeypatch.setattr(rebuilt.index, "blobs_of_kind", lambda kind: pytest.fail("index pass"))
+    assert _history(rebuilt, pn) == before
+
+
 def test_up_to_date_sync_reads_no_blob(repo, repo_signer, pn, monkeypatch):
     add_claim(repo, repo_signer, "set-attribute", pn, "title", "t", at(1))
     claims.sync_claims(repo)

@@ -40,3 +40,13 @@ def test_cachedir_tag_needs_the_signature(tmp_path):
 def test_non_utf8_names(tmp_path):
     ex = Excluder(tmp_path, ["caf*"])
     assert ex(b"caf\xe9", False)
+
+
+def test_nested_pkvcignore_files_both_apply_below_them(tmp_path):
+    ex = Excluder(_tree(tmp_path))
+    (tmp_path / "docs" / "sub").mkdir()
+    (tmp_path / "docs" / "sub" / ".pkvcignore").write_text("*.bak\n/only-here\n")
+    assert not ex(b"docs/sub", True)
+    assert ex(b"docs/sub/a.bak", False) and ex(b"docs/sub/a.tmp", False)  # both files
+    assert ex(b"docs/sub/only-here", False) and not ex(b"docs/sub/x/only-here", False)
+    assert not ex(b"docs/a.bak", False)  # the deeper file does not apply above it

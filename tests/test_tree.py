@@ -239,27 +239,119 @@ def test_unreadable_files_are_skipped_not_fatal():
 
 
 class DictStatCache:
-    def __init__(self):
-        self.refs, self.lookups = {}, 0
+    """A `tree.StatCache` over dicts, for one store (it answers only with refs the store has)."""
+
+    def __init__(self, store):
+        self.store = store
+        self.refs, self.dirs, self.lookups, self.dir_hits = {}, {}, 0, 0
 
     def lookup(self, path, st):
         self.lookups += 1
-        return self.refs.get((path, stat_cache_key(st)))
+        ref = self.refs.get((path, stat_cache_key(st)))
+        return ref if ref is not None and self.store.has(ref) else None
 
     def record(self, path, st, ref):
         self.refs[(path, stat_cache_key(st))] = ref
 
+    def lookup_dir(self, path, key):
+        ref = self.dirs.get(path, (None, None))
+        if ref[0] == key and self.store.has(ref[1]):
+            self.dir_hits += 1
+            return ref[1]
+        return None
+
+    def record_dir(self, path, key, ref):
+        self.dirs[path] = (key, ref)
+
 
 def test_stat_cache_makes_unchanged_files_cost_a_stat(tmp_path):
     root = _tree(tmp_path / "src")
-    store, cache = MemStore(), DictStatCache()
+    store = MemStore()
+    cache = DictStatCache(store)
     first = put_path(root, store, stat_cache=cache)
     second = put_path(root, store, stat_cache=cache)
     assert second.ref == first.ref and second.bytes_read == 0 and second.cached_files == 3
     (root / "a.txt").write_bytes(b"changed\n")
     third = put_path(root, store, stat_cache=cache)
     assert third.ref != first.ref and third.bytes_read == 8 and third.cached_files == 2
-    assert put_path(root, MemStore(), stat_cache=cache).cached_files == 0  # blobs missing
+    cache.store = MemStore()
+    assert put_path(root, cache.store, stat_cache=cache).cached_files == 0  # blobs missing
+
+
+def _dir_refs(cache):
+    return {path: ref for path, (_, ref) in cache.dirs.items()}
+
+
+def test_unchanged_directories_come_from_the_cache_and_equal_a_fresh_build(tmp_path):
+    root = _tree(tmp_path / "src")
+    store = MemStore()
+    cache = DictStatCache(store)
+    first = put_path(root, store, stat_cache=cache)
+    puts = store.puts
+    second = put_path(root, store, stat_cache=cache)
+    assert second.ref == first.ref == put_path(root, MemStore()).ref
+    assert cache.dir_hits == 4 and second.dirs == 4
+    assert store.puts == puts + 1  # only the symlink's blob was built again
+
+
+def test_one_changed_file_deep_down_changes_exactly_the_refs_on_its_path(tmp_path):
+    root = _tree(tmp_path / "src")
+    (root / "sub" / "deeper" / "side").mkdir()
+    (root / "sub" / "deeper" / "side" / "d").write_bytes(b"d")
+    store = MemStore()
+    cache = DictStatCache(store)
+    put_path(root, store, stat_cache=cache)
+    before = _dir_refs(cache)
+    target = root / "sub" / "deeper" / "c"
+    mtime = os.stat(root / "sub" / "deeper").st_mtime_ns
+    target.write_bytes(b"new content")
+    os.utime(root / "sub" / "deeper", ns=(mtime, mtime))  # the listing did not change
+    after_ref = put_path(root, store, stat_cache=cache).ref
+    after = _dir_refs(cache)
+    changed = {os.fsdecode(p) for p in before if before[p] != after[p]}
+    assert changed == {str(root), str(root / "sub"), str(root / "sub" / "deeper")}
+    assert after_ref == put_path(root, MemStore()).ref
+
+
+@pytest.mark.parametrize("change", [
+    "add", "remove", "rename", "chmod", "utime", "replace-file-with-dir"])
+def test_a_changed_directory_is_never_served_from_the_cache(tmp_path, change):
+    root = _tree(tmp_path / "src")
+    store = MemStore()
+    cache = DictStatCache(store)
+    first = put_path(root, store, stat_cache=cache).ref
+    sub = root / "sub"
+    st = os.stat(sub)
+    if change == "add":
+        (sub / "new").write_bytes(b"")
+    elif change == "remove":
+        (sub / "b.bin").unlink()
+    elif change == "rename":
+        (sub / "b.bin").rename(sub / "b2.bin")
+    elif change == "chmod":
+        os.chmod(sub, 0o701)
+    elif change == "utime":
+        os.utime(sub, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    else:
+        (sub / "b.bin").unlink()
+        (sub / "b.bin").mkdir()
+    if change in ("add", "remove", "rename", "replace-file-with-dir"):
+        os.utime(sub, ns=(st.st_atime_ns, st.st_mtime_ns))  # hide it from the mtime
+    again = put_path(root, store, stat_cache=cache).ref
+    assert again != first
+    assert again == put_path(root, MemStore()).ref
+
+
+def test_the_directory_cache_is_keyed_by_the_set_size_limit(tmp_path):
+    root = tmp_path / "src"
+    root.mkdir()
+    for i in range(5):
+        (root / f"f{i}").write_bytes(b"x")
+    store = MemStore()
+    cache = DictStatCache(store)
+    one = put_path(root, store, stat_cache=cache, max_set_members=3).ref
+    two = put_path(root, store, stat_cache=cache).ref
+    assert one != two and two == put_path(root, MemStore()).ref
 
 
 def test_exclude_and_progress(tmp_path):

@@ -1,0 +1,94 @@
+"""FileCache: the stat cache of files and directories over a real repository."""
+
+import shutil
+
+from pkvc import tree
+from pkvc.filecache import FileCache
+
+
+def _tree(root):
+    (root / "a" / "b" / "c").mkdir(parents=True)
+    (root / "x").mkdir()
+    (root / "top.txt").write_bytes(b"top\n")
+    (root / "a" / "b" / "c" / "deep.txt").write_bytes(b"deep\n" * 1000)
+    (root / "x" / "y.bin").write_bytes(bytes(range(256)) * 64)
+    return root
+
+
+def _snapshot(repo, root):
+    cache = FileCache(repo)
+    result = tree.put_path(root, repo, stat_cache=cache)
+    repo.flush()
+    return result, cache
+
+
+def test_an_unchanged_tree_gives_the_same_ref_reading_nothing(repo, reopen, tmp_path):
+    root = _tree(tmp_path / "src")
+    first, _ = _snapshot(repo, root)
+    repo.close()
+    again = reopen()
+    blobs = again.stats.blobs
+    second, cache = _snapshot(again, root)
+    assert second.ref == first.ref
+    assert second.bytes_read == 0 and second.cached_files == 3 and cache.new == cache.changed == 0
+    assert again.stats.blobs == blobs  # nothing stored
+
+
+def test_a_deleted_cache_gives_the_same_refs(repo, reopen, tmp_path, cache_dir):
+    root = _tree(tmp_path / "src")
+    first, _ = _snapshot(repo, root)
+    repo.close()
+    shutil.rmtree(cache_dir)
+    again = reopen()
+    second, cache = _snapshot(again, root)
+    assert second.ref == first.ref and cache.new == 3 and second.bytes_read > 0
+    again.reindex()  # empties the cache tables too
+    third, cache = _snapshot(again, root)
+    assert third.ref == first.ref and cache.new == 3
+
+
+def test_a_cached_directory_blob_that_is_gone_is_stored_again(repo, tmp_path):
+    root = _tree(tmp_path / "src")
+    first, _ = _snapshot(repo, root)
+    repo.remove({first.ref})
+    assert not repo.has(first.ref)
+    second, _ = _snapshot(repo, root)
+    assert second.ref == first.ref and repo.has(first.ref)
+
+
+def test_a_changed_file_changes_the_directories_above_it(repo, tmp_path):
+    root = _tree(tmp_path / "src")
+    first, _ = _snapshot(repo, root)
+    (root / "a" / "b" / "c" / "deep.txt").write_bytes(b"changed")
+    second, cache = _snapshot(repo, root)
+    assert second.ref != first.ref and cache.changed == 1 and second.cached_files == 2
+    fresh = tree.put_path(root, repo).ref  # no cache at all
+    assert second.ref == fresh
+
+
+def _children(repo, dir_ref):
+    from pkvc.schema.anyblob import parse_blob
+    entries = parse_blob(repo.get(dir_ref)).entries
+    return {parse_blob(repo.get(r)).name: r for r in parse_blob(repo.get(entries)).members}
+
+
+def test_a_file_blob_gone_with_its_directory_is_read_again(repo, tmp_path):
+    root = _tree(tmp_path / "src")
+    first, _ = _snapshot(repo, root)
+    x = _children(repo, first.ref)[b"x"]
+    y = _children(repo, x)[b"y.bin"]
+    repo.remove({first.ref, x, y})  # as a gc would: nothing references them
+    second, cache = _snapshot(repo, root)
+    assert second.ref == first.ref and repo.has(y)
+    assert second.stale_files == 1 and second.cached_files == 2 and cache.matched == 3
+    assert second.bytes_read == 256 * 64
+
+
+def test_an_unchanged_tree_asks_about_one_blob_per_directory(repo, tmp_path, monkeypatch):
+    root = _tree(tmp_path / "src")
+    _snapshot(repo, root)
+    asked = []
+    has = repo.has
+    monkeypatch.setattr(repo, "has", lambda ref: asked.append(ref) or has(ref))
+    _snapshot(repo, root)
+    assert len(asked) == 5  # src, a, a/b, a/b/c, x; no file blob

@@ -50,57 +50,8 @@ def derive_subkey(master: bytes, purpose: str) -> bytes:
 
 
 def password_key(password: bytes, salt: bytes, opslimit: int, memlimit: int) -> bytes:
-    """Stretch a password with Argon2id so guessing it is expensive.
-
-    Argon2id fills `memlimit` bytes (64 MiB). Done in this process, that
-    memory would add to everything the command has loaded (~50 MiB of
-    modules): so a large derivation runs in a fresh, minimal interpreter
-    (libsodium through ctypes, ~9 MiB besides the Argon2id memory) and this
-    process never grows by it. Same function, same key; when no such child
-    can run, the key is derived here.
-    """
-    if memlimit >= _CHILD_MEMLIMIT:
-        key = _password_key_in_child(password, salt, opslimit, memlimit)
-        if key is not None:
-            return key
+    """Stretch a password with Argon2id so guessing it is expensive."""
     return argon2id.kdf(KEY_SIZE, password, salt, opslimit=opslimit, memlimit=memlimit)
-
-
-_CHILD_MEMLIMIT = 16 * 1024 * 1024  # below this the extra process is not worth it
-_CHILD_CODE = """
-import ctypes, sys
-lib = ctypes.CDLL(sys.argv[1])
-key_size, salt_size, ops, mem, alg = map(int, sys.argv[2:7])
-data = sys.stdin.buffer.read()
-out = ctypes.create_string_buffer(key_size)
-u = ctypes.c_ulonglong
-if lib.sodium_init() < 0 or lib.crypto_pwhash(
-        out, u(key_size), data[salt_size:], u(len(data) - salt_size), data[:salt_size],
-        u(ops), ctypes.c_size_t(mem), ctypes.c_int(alg)) != 0:
-    sys.exit(1)
-sys.stdout.buffer.write(out.raw)
-"""
-
-
-def _password_key_in_child(password: bytes, salt: bytes, opslimit: int, memlimit: int) -> bytes | None:
-    """Argon2id in `python -S -I` over the libsodium PyNaCl ships; the password
-    and salt go through a pipe. None when that cannot be done."""
-    import subprocess
-    import sys
-
-    from nacl import _sodium
-
-    if not sys.executable or len(salt) != SALT_SIZE:
-        return None
-    argv = [sys.executable, "-S", "-I", "-c", _CHILD_CODE, _sodium.__file__, str(KEY_SIZE),
-            str(SALT_SIZE), str(opslimit), str(memlimit), str(sodium.crypto_pwhash_ALG_ARGON2ID13)]
-    try:
-        done = subprocess.run(argv, input=salt + password, capture_output=True, timeout=600)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if done.returncode != 0 or len(done.stdout) != KEY_SIZE:
-        return None
-    return done.stdout
 
 
 def seal(key: bytes, plaintext, ad: bytes) -> bytes:

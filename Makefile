@@ -26,7 +26,10 @@ test: install system-deps
 	$(PY) -m pytest -q -p no:cacheprovider
 
 # The benchmark against restic and borg (docs/performance.md); e.g. BENCH_ARGS=--quick.
+# pkvc's modules are compiled first, as any installed package is (PYTHONDONTWRITEBYTECODE
+# would otherwise make every command recompile them).
 bench: install system-deps
+	$(PY) -m compileall -q pkvc
 	$(PY) -m bench $(BENCH_ARGS)
 
 clean:

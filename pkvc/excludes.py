@@ -35,7 +35,7 @@ class Excluder:
         self.top = os.fsencode(os.path.abspath(os.fspath(top)))
         self.ignore_files = ignore_files
         self.exclude_caches = exclude_caches
-        self._active: dict[bytes, tuple] = {b"": ()}  # the top's own .pkvcignore is not read
+        self._active: dict[bytes, tuple] = {}  # directory -> its active specs, the top included
         self._given = _spec(patterns)
         self.excluded = 0
 

@@ -50,3 +50,12 @@ def test_nested_pkvcignore_files_both_apply_below_them(tmp_path):
     assert ex(b"docs/sub/a.bak", False) and ex(b"docs/sub/a.tmp", False)  # both files
     assert ex(b"docs/sub/only-here", False) and not ex(b"docs/sub/x/only-here", False)
     assert not ex(b"docs/a.bak", False)  # the deeper file does not apply above it
+
+
+def test_the_tops_own_pkvcignore_applies_to_the_whole_snapshot(tmp_path):
+    (_tree(tmp_path) / ".pkvcignore").write_text("*.iso\n/scratch/\n")
+    ex = Excluder(tmp_path)
+    assert ex(b"big.iso", False) and ex(b"src/keep/big.iso", False)
+    assert ex(b"scratch", True) and not ex(b"src/scratch", True)
+    assert ex(b"docs/x.tmp", False)  # the nested file still applies too
+    assert not Excluder(tmp_path, ignore_files=False)(b"big.iso", False)

@@ -115,8 +115,15 @@ def _write_object(obj: Mapping, out: list[str], depth: int) -> None:
     out.append("{")
     sep = "\n" + inner
     for key in keys:
-        out.append(sep + _quoted_key(key) + ": ")
-        _write_value(obj[key], out, depth + 1)
+        value = obj[key]
+        kind = type(value)  # scalars inline: most values of a file blob are
+        if kind is str:
+            out.append(sep + _quoted_key(key) + ": " + go_string(value))
+        elif kind is int:
+            out.append(sep + _quoted_key(key) + ": " + str(value))
+        else:
+            out.append(sep + _quoted_key(key) + ": ")
+            _write_value(value, out, depth + 1)
         sep = ",\n" + inner
     out.append("\n" + INDENT * depth + "}")
 

@@ -25,7 +25,6 @@ stored is then dropped (`abort`): packs stored before stay whole.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import threading
 from collections import deque
@@ -136,7 +135,6 @@ class Packer:
             return
         self._batch, self._batch_bytes = [], 0
         if self._seal_pool is None:
-            _return_big_buffers_at_once()
             self._seal_pool = ThreadPoolExecutor(self._threads, thread_name_prefix="pkvc-seal")
         # Only the pool holds the blobs' bytes: they are freed once sealed.
         refs = [(ref, kind) for ref, _, kind in batch]
@@ -199,24 +197,3 @@ class Packer:
 
 
 
-
-_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
-_MMAP_THRESHOLD = 4 * 1024 * 1024  # the largest chunk
-
-
-def _return_big_buffers_at_once() -> None:
-    """Make glibc map every buffer of 4 MiB or more on its own.
-
-    Chunks, compressed and sealed blobs of a few MiB are made on one thread
-    and freed on another. glibc raises its mmap threshold after the first
-    such free (up to 32 MiB), and big buffers then come from per-thread
-    heaps that keep freed memory: a first snapshot peaked 20-30 MiB higher
-    than with one thread. A fixed threshold gives each buffer of 4 MiB or
-    more (read windows, packs) back when it is freed: peak as with one
-    thread. A lower one saves 10 MiB more but faults in every fresh page of
-    every chunk (+20% CPU, measured). Without glibc nothing changes.
-    """
-    try:
-        ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
-    except (OSError, AttributeError):
-        pass

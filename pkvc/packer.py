@@ -9,8 +9,8 @@ blob lands in which pack never depends on thread timing; one more thread
 writes each full pack to the backend (write, fsync) while the next fills.
 
 Memory stays bounded: at most `MAX_IN_FLIGHT` bytes of blobs wait for the
-pool (the caller waits beyond that), and at most one full pack per kind
-waits for its store.
+pool (the caller waits beyond that), and one full pack at a time is being
+stored while the next ones (data, schema) fill.
 
 Schema blobs (file, directory, static-set, bytes; signed claims) go to
 packs of their own, apart from file data, as restic keeps tree packs apart
@@ -20,7 +20,8 @@ has always carried its blob's kind.
 
 An error of a worker or of a store (a full disk) is raised, as it was
 raised there, by the `add` or `flush` that collects it. Everything not yet
-stored is then dropped (`abort`): packs stored before stay whole.
+stored is then dropped (`abort`); packs stored before stay whole, and are
+indexed.
 """
 
 from __future__ import annotations
@@ -98,7 +99,8 @@ class Packer:
             self._reap(wait=True)
 
     def abort(self) -> None:
-        """Drop whatever is not stored yet (waits for running work to end)."""
+        """Drop whatever is not stored yet (waits for running work to end);
+        packs already stored are indexed."""
         self._batch, self._batch_bytes = [], 0
         futures = [f for _, _, f in self._sealing] + list(self._storing)
         for f in futures:
@@ -106,8 +108,14 @@ class Packer:
         for f in futures:
             if not f.cancelled():
                 f.exception()  # wait; the error, if any, was raised already
+        stored = [f.result() for f in self._storing if not f.cancelled() and not f.exception()]
         self._sealing.clear()
         self._storing.clear()
+        for pack in stored:
+            try:
+                self._stored(pack)
+            except Exception:
+                break  # the error being raised says more; the next open indexes it
         self._in_flight = 0
         self._writers = {False: PackWriter(self._key), True: PackWriter(self._key)}
 
@@ -160,7 +168,7 @@ class Packer:
         self._reap(wait=False)
 
     def _ship(self, schema: bool) -> None:
-        """Hand a full writer to the store thread; one pack waits there at most."""
+        """Hand a full writer to the store thread, once the previous pack is stored."""
         writer = self._writers[schema]
         self._writers[schema] = PackWriter(self._key)
         while len(self._storing) >= 1:

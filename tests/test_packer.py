@@ -131,6 +131,8 @@ def test_a_store_error_stops_the_walk_clearly_and_leaves_a_checkable_repository(
     with pytest.raises(BackendError, match="No space left on device"):
         put_path(src, repo, chunker=SMALL_CHUNKS)
         repo.flush()
+    stored = [e.ref for e in _pack_entries(repo)]
+    assert stored and all(repo.has(ref) for ref in stored)  # the packs stored are indexed
     repo.close()  # nothing more is written, nothing raised again
     stored = list((tmp_path / "repo" / "packs").rglob("*"))
     assert not [p for p in stored if p.name.startswith(".tmp-")]

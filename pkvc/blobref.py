@@ -57,6 +57,8 @@ class BlobRef:
     @classmethod
     def of(cls, data, hash_name: str = DEFAULT_HASH) -> "BlobRef":
         """The ref of `data` (bytes-like) under `hash_name`."""
+        if hash_name == DEFAULT_HASH:  # hashlib.new's lookup costs more than a small hash
+            return cls(hash_name, hashlib.sha224(data).hexdigest())
         return cls(hash_name, hashlib.new(hash_name, data).digest())
 
     @property

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from fastcdc import fastcdc
 
 KiB, MiB = 1024, 1024 * 1024
+_GROWTH_READ = 64 * KiB  # what to ask for past the size a file had when opened
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,17 @@ def chunk_fd(fd: int, params=DEFAULT_PARAMS, sparse: bool = True) -> Iterator[Pi
     Reads until end of file; if the file shrinks while being read, the
     pieces stop where its data stopped.
     """
-    size = os.fstat(fd).st_size
+    st = os.fstat(fd)
+    size = st.st_size
+    if size < params.min_size and (not sparse or st.st_blocks * 512 >= size):
+        # One chunk at most, and no hole worth finding: one read, sized to
+        # the file (+1 to see it grow), no window, no FastCDC.
+        data = os.pread(fd, size + 1, 0)
+        if len(data) <= size:
+            if data:
+                yield Piece(0, len(data), data)
+            return
+        # it grew while we looked: chunk it like any other file
     extents = data_extents(fd, size, getattr(params, "hole_min", DEFAULT_PARAMS.hole_min)) \
         if sparse else [(0, size)]
     pos = 0
@@ -88,7 +99,7 @@ def chunk_fd(fd: int, params=DEFAULT_PARAMS, sparse: bool = True) -> Iterator[Pi
         if start > pos:
             yield Piece(pos, start - pos, None)
         last = i == len(extents) - 1 and end == size
-        reader = _RangeReader(fd, start, None if last else end)
+        reader = _RangeReader(fd, start, None if last else end, size)
         yield from _chunk_reads(reader.read, start, params)
         if reader.pos < end:
             return  # the file shrank under us: stop at its data
@@ -146,14 +157,20 @@ def _merge_small_gaps(extents, size: int, hole_min: int) -> list[tuple[int, int]
 
 
 class _RangeReader:
-    """`read(n)` over [start, end) of a file by pread; end None means EOF."""
+    """`read(n)` over [start, end) of a file by pread; end None means EOF.
 
-    def __init__(self, fd: int, start: int, end: int | None):
-        self.fd, self.pos, self.end = fd, start, end
+    Reads ask for no more than the file's size (+1: it may grow), so a small
+    file never gets a buffer of the chunker's whole window.
+    """
+
+    def __init__(self, fd: int, start: int, end: int | None, size: int):
+        self.fd, self.pos, self.end, self.size = fd, start, end, size
 
     def read(self, n: int) -> bytes:
         if self.end is not None:
             n = min(n, self.end - self.pos)
+        else:
+            n = min(n, max(self.size - self.pos + 1, _GROWTH_READ))
         if n <= 0:
             return b""
         data = os.pread(self.fd, n, self.pos)
@@ -162,27 +179,37 @@ class _RangeReader:
 
 
 def _chunk_reads(read: Callable[[int], bytes], base: int, params) -> Iterator[Piece]:
-    """FastCDC over a bounded sliding window of `read` results."""
+    """FastCDC over a bounded sliding window of `read` results.
+
+    The window is immutable bytes: a file read whole in one `read` is cut
+    into chunks with one copy each (none for a single chunk), and only the
+    tail left after the last certain cut is copied into the next window.
+    """
     window = 2 * params.max_size  # >= max_size more than a chunk: always progress
-    buf, done = bytearray(), False
+    buf, done = b"", False
     while True:
-        while not done and len(buf) < window:
-            data = read(window - len(buf))
-            if not data:
-                done = True
-            buf += data
-        cuts = _cut_points(buf, params, done)
+        if not done and len(buf) < window:
+            reads, have = [buf] if buf else [], len(buf)
+            while not done and have < window:
+                data = read(window - have)
+                if data:
+                    reads.append(data)
+                    have += len(data)
+                else:
+                    done = True
+            buf = reads[0] if len(reads) == 1 else b"".join(reads)
         consumed = 0
-        for offset, length in cuts:
-            yield Piece(base + offset, length, bytes(buf[offset:offset + length]))
+        for offset, length in _cut_points(buf, params, done):
+            whole = offset == 0 and length == len(buf)
+            yield Piece(base + offset, length, buf if whole else buf[offset:offset + length])
             consumed = offset + length
-        del buf[:consumed]
+        buf = buf[consumed:]
         base += consumed
         if done and not buf:
             return
 
 
-def _cut_points(buf: bytearray, params, final: bool) -> list[tuple[int, int]]:
+def _cut_points(buf: bytes, params, final: bool) -> list[tuple[int, int]]:
     """Chunks whose end is certain: max_size bytes follow their start, or no more data."""
     cuts = []
     if not buf:

@@ -35,7 +35,9 @@ from pkvc.errors import (BackendError, BlobNotFoundError, IntegrityError, NoRepo
                          PkvcError, RepositoryExistsError, UsageError)
 from pkvc.index import Index, Location
 from pkvc.pack import (KIND_DATA, KIND_SCHEMA, KIND_SIGNED, TARGET_PACK_SIZE, FinishedPack,
-                       PackEntry, PackWriter, open_blob, pack_id_from_name, pack_name, read_header)
+                       PackEntry, PackWriter, open_blob, pack_data_size, pack_id_from_name,
+                       pack_name, read_header)
+from pkvc.packer import Packer
 from pkvc.progress import NO_PROGRESS, Progress
 from pkvc.sessions import (DEFAULT_TTL, KIND_WRITE, PLAN_PURPOSE, SESSION_PURPOSE, Lease,
                            LeaseExpiredError, PlanStore, PlanView, SessionStore)
@@ -124,8 +126,13 @@ class Repository:
         self.slot_id = slot_id
         self._master = master
         self._data_key = crypto.derive_subkey(master, "pkvc-data")
-        self._writer = PackWriter(self._data_key)
-        self._unflushed: dict[BlobRef, PackEntry] = {}
+        # Blobs added but not yet stored and indexed: queued in the packer,
+        # being sealed, in a pack filling or being written (pkvc.packer).
+        self._unflushed: set[BlobRef] = set()
+        self._packer = Packer(self._data_key, config.pack_size, self._store_only,
+                              self._pack_stored)
+        self._packs_written: list[str] = []
+        self._index_unsaved = False
         self.stats = WriteStats()
         self.sessions = SessionStore(backend, self.subkey(SESSION_PURPOSE), config.id, clock)
         self.plans = PlanStore(backend, self.subkey(PLAN_PURPOSE), config.id)
@@ -173,9 +180,13 @@ class Repository:
             else:
                 self.flush()
         finally:
-            self.end_lease()
-            self.index.close()
-            self.backend.close()
+            try:
+                self.end_lease()
+            finally:
+                self._packer.abort()  # nothing, unless flushing failed
+                self._packer.close()
+                self.index.close()
+                self.backend.close()
 
     def __enter__(self) -> "Repository":
         return self
@@ -264,7 +275,7 @@ class Repository:
         return self._view
 
     def _drop_unflushed(self) -> None:
-        self._writer = PackWriter(self._data_key)
+        self._packer.abort()
         self._unflushed.clear()
 
     # -- the blob API --------------------------------------------------
@@ -282,13 +293,9 @@ class Repository:
             raise IntegrityError(f"data does not match {ref}; not stored")
         if self.has(ref):
             return ref
-        entry = self._writer.add(ref, data, sniff_kind(data) if kind is None else kind)
-        self._unflushed[ref] = entry
+        self._add(ref, data, sniff_kind(data) if kind is None else kind)
         self.stats.blobs += 1
-        self.stats.raw_bytes += entry.raw_length
-        self.stats.stored_bytes += entry.length
-        if self._writer.size >= self.config.pack_size:
-            self.flush()
+        self.stats.raw_bytes += len(data)
         return ref
 
     def put_data(self, data) -> BlobRef:
@@ -383,21 +390,53 @@ class Repository:
         """Every copy of the blob, the primary first."""
         return self.index.locations(ref)
 
-    def flush(self) -> str | None:
-        """Write the pending pack, then index it; returns its id (None if empty).
+    def _add(self, ref: BlobRef, data, kind: int) -> None:
+        """Hand a blob to the packer; `has` counts it from now on."""
+        self._unflushed.add(ref)
+        try:
+            self._packer.add(ref, data, kind)
+        except BaseException:
+            self._unflushed.clear()  # the packer dropped all it had not stored
+            raise
 
-        A crash between the two loses only the cache entry: the next open
-        finds the unindexed pack and reads its header.
+    def flush(self) -> str | None:
+        """Store every pending blob in packs, then index them; returns the id
+        of the last pack written (None if nothing was pending).
+
+        A crash between storing and indexing loses only cache entries: the
+        next open finds the unindexed packs and reads their headers.
         """
-        if not len(self._writer):
+        if not self._packer.pending:
+            if self._index_unsaved:  # packs stored while putting
+                self.index.flush()
+                self._index_unsaved = False
             return None
         if self._lease is not None or self._lease_lapsed:
             self._keep_lease()  # a lapsed writer stores nothing
-        pack = self._writer.finish()
-        self.store_pack(pack)
-        self._unflushed.clear()
+        first = len(self._packs_written)
+        try:
+            self._packer.flush()
+        except BaseException:
+            self._unflushed.clear()
+            raise
+        self.index.flush()
+        self._index_unsaved = False
+        return self._packs_written[-1] if len(self._packs_written) > first else None
+
+    def _store_only(self, pack: FinishedPack) -> None:
+        """Runs on the packer's store thread: the backend call only."""
+        self.backend.store(pack_name(pack.pack_id), pack.data)
+
+    def _pack_stored(self, pack: FinishedPack) -> None:
+        """Back on the caller's thread: index the stored pack (the index is
+        written to disk at `flush`, or when its buffer is full)."""
+        self.index.add_pack(pack.pack_id, len(pack.data), pack.entries)
+        for e in pack.entries:
+            self._unflushed.discard(e.ref)
+        self._packs_written.append(pack.pack_id)
+        self._index_unsaved = True
         self.stats.packs += 1
-        return pack.pack_id
+        self.stats.stored_bytes += pack_data_size(pack.entries)
 
     # -- packs, for the garbage collector --------------------------------
 

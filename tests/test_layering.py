@@ -16,7 +16,7 @@ LAYERS = {
     "pkvc.schema": 1, "pkvc.openpgp": 1, "pkvc.crypto": 1, "pkvc.chunker": 1,
     "pkvc.retention": 1,
     "pkvc.backends": 2, "pkvc.gpg": 2,
-    "pkvc.pack": 3,
+    "pkvc.pack": 3, "pkvc.packer": 3,
     "pkvc.index": 4, "pkvc.keyslots": 4,
     "pkvc.repo": 5, "pkvc.sessions": 5,
     "pkvc.tree": 6, "pkvc.restore": 6, "pkvc.excludes": 6, "pkvc.filecache": 6,

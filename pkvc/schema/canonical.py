@@ -73,7 +73,18 @@ def _escape_char(m: re.Match) -> str:
 
 
 def _write_value(value, out: list[str], depth: int) -> None:
-    if isinstance(value, str):
+    kind = type(value)  # the common exact types first: millions of values per snapshot
+    if kind is str:
+        out.append(go_string(value))
+    elif kind is int:
+        out.append(str(value))
+    elif kind is BlobRef:
+        out.append(go_string(str(value)))
+    elif kind is dict:
+        _write_object(value, out, depth)
+    elif kind is list or kind is tuple:
+        _write_array(value, out, depth)
+    elif isinstance(value, str):
         out.append(go_string(value))
     elif value is True:
         out.append("true")
@@ -102,12 +113,33 @@ def _write_object(obj: Mapping, out: list[str], depth: int) -> None:
     keys = list(obj) if isinstance(obj, KeepOrder) else sorted(obj)
     inner = INDENT * (depth + 1)
     out.append("{")
-    for i, key in enumerate(keys):
+    sep = "\n" + inner
+    for key in keys:
+        value = obj[key]
+        kind = type(value)  # scalars inline: most values of a file blob are
+        if kind is str:
+            out.append(sep + _quoted_key(key) + ": " + go_string(value))
+        elif kind is int:
+            out.append(sep + _quoted_key(key) + ": " + str(value))
+        else:
+            out.append(sep + _quoted_key(key) + ": ")
+            _write_value(value, out, depth + 1)
+        sep = ",\n" + inner
+    out.append("\n" + INDENT * depth + "}")
+
+
+_QUOTED_KEYS: dict[str, str] = {}  # schema keys repeat: "blobRef", "size", ...
+
+
+def _quoted_key(key) -> str:
+    quoted = _QUOTED_KEYS.get(key) if type(key) is str else None
+    if quoted is None:
         if not isinstance(key, str):
             raise TypeError(f"schema map key {key!r} is not a string")
-        out.append(("\n" if i == 0 else ",\n") + inner + go_string(key) + ": ")
-        _write_value(obj[key], out, depth + 1)
-    out.append("\n" + INDENT * depth + "}")
+        quoted = go_string(key)
+        if type(key) is str and len(_QUOTED_KEYS) < 1024:
+            _QUOTED_KEYS[key] = quoted
+    return quoted
 
 
 def _write_array(items, out: list[str], depth: int) -> None:

@@ -62,8 +62,9 @@ def test_flipped_byte_found_by_check_and_refused_by_get(initialized, tmp_path):
     f.write_bytes(os.urandom(100_000))
     ref = initialized.ok("put", f).out.strip()
     initialized.ok("check", "--read-data")
-    with _repo(initialized) as repo:
-        pack_id = repo.locate(BlobRef.parse(ref)).pack_id
+    with _repo(initialized) as repo:  # the file's one chunk (schema blobs have packs of their own)
+        (part,) = FileBlob.from_json(repo.get(BlobRef.parse(ref))).parts
+        pack_id = repo.locate(part.blob_ref).pack_id
     (pack,) = [p for p in _packs(initialized.repo) if p.name == pack_id]
     data = bytearray(pack.read_bytes())
     data[50_000] ^= 0x10
@@ -86,7 +87,8 @@ def test_deleted_index_rebuilds_and_everything_comes_back(initialized, tmp_path)
     initialized.ok("get", ref, "--output", tmp_path / "dst")
     assert tree_state(tmp_path / "dst") == tree_state(src)
     report = initialized.ok("reindex", "--json").json()
-    assert report["packs_added"] == 2 and report["blobs_added"] > 10  # the tree, the signer key
+    # the signer key; the tree: its file data, its schema blobs (packs of their own)
+    assert report["packs_added"] == 3 and report["blobs_added"] > 10
 
 
 def test_directory_of_10001_entries(initialized, tmp_path):

@@ -193,6 +193,8 @@ def sign_and_put(repo: Repository, signer: jsonsign.Signer, unsigned) -> BlobRef
     """Sign a permanode or claim (built with this signer's ref), store it and
     the signer's key blob, and index it at once so it is never re-verified."""
     key_ref = repo.put(signer.public_key, kind=KIND_DATA)
+    for ref in unsigned.refs():  # a gc plan must not take away what the claim names
+        repo.rely_on(ref)
     blob = jsonsign.sign(unsigned.to_json(), signer)
     ref = repo.put(blob, kind=KIND_SIGNED)
     index = ClaimsIndex(repo)

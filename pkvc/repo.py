@@ -311,11 +311,33 @@ class Repository:
         loc = self.index.lookup(ref)
         if loc is None:
             return False
+        return not self._lease_enabled or loc.kind == KIND_SIGNED or self._outlives_plans(ref)
+
+    def _outlives_plans(self, ref: BlobRef) -> bool:
+        """Whether no pending gc plan takes the (stored) blob away."""
         view = self._view
-        if (not self._lease_enabled or not view or loc.kind == KIND_SIGNED
-                or ref not in view.condemned):
+        if not view or ref not in view.condemned:
             return True
         return any(loc.pack_id not in view.touched for loc in self.index.locations(ref))
+
+    def rely_on(self, ref: BlobRef) -> None:
+        """A blob about to be written names `ref` without storing it (a claim
+        its permanode, a delete claim its target). If a pending gc plan
+        condemns it: a signed blob was deleted and is being collected, so
+        naming it now fails (storing it again would bring it back without the
+        delete claim the gc removes with it); any other blob is stored again.
+        A ref to nothing stored is left to the caller (an attribute value may
+        name any blob)."""
+        if ref in self._unflushed or not self._lease_enabled:
+            return
+        self._keep_lease()
+        loc = self.index.lookup(ref)
+        if loc is None or self._outlives_plans(ref):
+            return
+        if loc.kind == KIND_SIGNED:
+            raise BlobNotFoundError(f"{ref} was deleted and a gc is collecting it: "
+                                    "it cannot be named any more")
+        self._add(ref, self.get(ref), loc.kind)
 
     def contains(self, ref: BlobRef) -> bool:
         """Whether some pack holds the blob, whatever any gc plan says of it."""

@@ -14,7 +14,7 @@ from gc_support import (PASSWORD, assert_checks, assert_restores, digest_files, 
                         pack_bytes, reachable_refs, stored_refs, write_tree)
 from pkvc.backends.local import LocalBackend
 from pkvc.blobref import BlobRef
-from pkvc.claims import add_delete_claim
+from pkvc.claims import add_claim, add_delete_claim
 from pkvc.errors import BlobNotFoundError, UsageError
 from pkvc.gc import STEPS, BlobTable, claim_roots, gc
 from pkvc.identity import store_identity
@@ -364,3 +364,30 @@ def test_leases_and_plans_hold_no_plaintext(repo, repo_path, cache_dir):
 
 def test_fault_steps_are_named_in_order():
     assert STEPS[0] == "locked" and STEPS[-1] == "done" and len(set(STEPS)) == len(STEPS)
+
+
+def test_a_claim_on_a_permanode_a_running_gc_collects_is_refused(
+        signing_repo, repo_signer, repo_path, cache_dir, tmp_path):
+    """`pkvc attr` on a deleted series while a gc collects it: the claim would
+    name a blob that is going (or, stored again, bring the series back without
+    its delete claim), so it is refused with a clear error."""
+    repo, clock = signing_repo, tick()
+    kept = create_series(repo, repo_signer, "kept", (), clock)
+    snap(repo, repo_signer, kept, tmp_path / "src", {"a.txt": rand(5000)}, clock)
+    doomed = create_series(repo, repo_signer, "doomed", (), clock).permanode
+    forget(repo, repo_signer, doomed, clock)  # `series delete`
+    refused = []
+
+    def attr_meanwhile(step):  # a writer that starts after the plan: never waited for
+        if step == "remarked":
+            writer = Repository.open(LocalBackend(repo_path), PASSWORD, cache_dir)
+            with pytest.raises(BlobNotFoundError, match="a gc is collecting it") as e:
+                add_claim(writer, repo_signer, "set-attribute", doomed, "note", "x", clock)
+            refused.append(e.value)
+            writer.close()
+
+    assert gc(repo, max_unused=0, fault=attr_meanwhile).blobs_removed and refused
+    assert not repo.contains(doomed)
+    assert [s.name for s in list_series(repo)] == ["kept"]
+    repo.close()
+    assert_checks(repo_path, cache_dir)

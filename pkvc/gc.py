@@ -50,6 +50,7 @@ from pkvc.sessions import KIND_GC, Lease, LeaseExpiredError, Plan, RefSet, Sorte
 
 DEFAULT_MAX_UNUSED = 5.0
 DEFAULT_WAIT = 300.0  # seconds to wait for writers before leaving the plan for next time
+MARK_BATCH = 4096  # blobs marked per wave; the schema blobs among them are read together
 #: Step names passed to the `fault` hook, in the order a full run reaches them.
 STEPS = ("locked", "marked", "resume-waited", "planned", "waiting", "waited", "remarked",
          "copied-pack", "copied", "tombstone", "deleted-pack", "deleted",
@@ -350,40 +351,54 @@ class _Run:
                                      self.repo.all_locations(copies=False))
         self.live = Bits(self.table.n)
 
-    def refs_of(self, key: bytes) -> list[bytes]:
-        """The refs a schema blob holds; a blob that is not valid schema holds none."""
+    def refs_of(self, keys: Iterable[bytes]) -> list[bytes]:
+        """The refs the given schema blobs hold, read in pack order, batched. A
+        blob that is not valid schema holds none; nor does one removed meanwhile
+        (by a plan this gc finished): what held it is garbage."""
+        found: list[bytes] = []
         try:
-            data = self.repo.get(BlobRef.from_key(key))
-        except BlobNotFoundError:
-            return []  # removed meanwhile (by a plan this gc finished): what held it is garbage
+            for _, data in self.repo.get_many((BlobRef.from_key(k) for k in keys),
+                                              skip_missing=True):
+                try:
+                    found += [r.to_key() for r in schema_refs(parse_blob(data))]
+                except (SchemaError, ValueError, TypeError):
+                    continue
         except BackendError as e:
-            raise IntegrityError(f"gc cannot read blob {BlobRef.from_key(key)}: {e}; "
+            raise IntegrityError(f"gc cannot read a blob it must follow ({e}); "
                                  "run `pkvc check`") from e
-        try:
-            return [r.to_key() for r in schema_refs(parse_blob(data))]
-        except (SchemaError, ValueError, TypeError):
-            return []
+        return found
 
     def mark(self, keys: Iterable[bytes], bits: Bits, stop: Bits | None = None) -> int:
         """Set `bits` on everything reachable from `keys` in the table (stopping at
-        blobs set in `stop`); each blob is read once. Returns how many were set."""
-        table, stack, newly = self.table, list(keys), 0
-        while stack:
-            key = stack.pop()
-            o = table.ordinal(key)
-            if o < 0:
-                if self.count_missing and not self.repo.contains(BlobRef.from_key(key)):
-                    self.summary.missing_refs += 1
-                continue
-            if bits[o] or (stop is not None and stop[o]):
-                continue
-            bits.set(o)
-            newly += 1
-            if newly % 1000 == 0:
-                self.progress.advance(1000)
-                self.tick()
-            if table.kinds[o] != KIND_DATA:
-                stack.extend(self.refs_of(key))
+        blobs set in `stop`); each blob is read once. Returns how many were set.
+
+        Waves of up to MARK_BATCH blobs: the schema blobs among them are read
+        together (`refs_of`), and what they reference is the next wave; a stack
+        of waves keeps memory bounded by the depth of the graph."""
+        table, newly = self.table, 0
+        todo: list[tuple[list[bytes], int]] = [(list(keys), 0)]
+        while todo:
+            wave, start = todo.pop()
+            if start + MARK_BATCH < len(wave):
+                todo.append((wave, start + MARK_BATCH))
+            schema = []
+            for key in wave[start:start + MARK_BATCH]:
+                o = table.ordinal(key)
+                if o < 0:
+                    if self.count_missing and not self.repo.contains(BlobRef.from_key(key)):
+                        self.summary.missing_refs += 1
+                    continue
+                if bits[o] or (stop is not None and stop[o]):
+                    continue
+                bits.set(o)
+                newly += 1
+                if newly % 1000 == 0:
+                    self.progress.advance(1000)
+                    self.tick()
+                if table.kinds[o] != KIND_DATA:
+                    schema.append(key)
+            if schema:
+                todo.append((self.refs_of(schema), 0))
         self.progress.advance(newly % 1000)
         return newly
 
@@ -409,9 +424,9 @@ class _Run:
             except (IntegrityError, BackendError) as e:
                 raise IntegrityError(f"new pack {pack_id} cannot be read ({e}); gc stops "
                                      "before deleting anything") from e
-            for e in entries:  # (data in a new pack is a copy that stays: nothing to follow)
-                if e.kind != KIND_DATA:
-                    self.mark(self.refs_of(e.ref.to_key()), self.live)
+            # (data in a new pack is a copy that stays: nothing to follow)
+            self.mark(self.refs_of(e.ref.to_key() for e in entries if e.kind != KIND_DATA),
+                      self.live)
             self.tick()
         return self.live.count() - before
 
@@ -449,22 +464,28 @@ class _Run:
         """Garbage that stays stored keeps what it references (check follows it)."""
         table, live, kinds = self.table, self.live, self.table.kinds
         protected = Bits(table.n)
+        garbage: list[bytes] = []
         for o in range(table.n):
             if kinds[o] != KIND_DATA and outside[o] and not live[o] and not protected[o]:
-                self.mark(self.refs_of(table.key(o)), protected, stop=live)
+                garbage.append(table.key(o))
+            if len(garbage) == MARK_BATCH or (o == table.n - 1 and garbage):
+                self.mark(self.refs_of(garbage), protected, stop=live)
+                garbage = []
         return protected
 
     def _delete_claims(self, present: Bits) -> list[tuple[int, bytes]]:
         """(ordinal, target key) of every stored delete claim that is not live."""
-        found, kinds = [], self.table.kinds
-        for o in range(self.table.n):
-            if kinds[o] == KIND_SIGNED and present[o] and not self.live[o]:
-                try:
-                    parsed = parse_blob(self.repo.get(BlobRef.from_key(self.table.key(o))))
-                except (SchemaError, ValueError, TypeError):
-                    continue
-                if isinstance(parsed, DeleteClaim):
-                    found.append((o, parsed.target.to_key()))
+        table, kinds = self.table, self.table.kinds
+        signed = [BlobRef.from_key(table.key(o)) for o in range(table.n)
+                  if kinds[o] == KIND_SIGNED and present[o] and not self.live[o]]
+        found = []
+        for ref, data in self.repo.get_many(signed):
+            try:
+                parsed = parse_blob(data)
+            except (SchemaError, ValueError, TypeError):
+                continue
+            if isinstance(parsed, DeleteClaim):
+                found.append((table.ordinal(ref.to_key()), parsed.target.to_key()))
         return found
 
     def _outlive_targets(self, deletes: list[tuple[int, bytes]], protected: Bits,

@@ -2,7 +2,8 @@
 
 It is the only user of the pack format, the index and the backend, and the
 one place that checks that bytes match their blobref (on put and on get).
-Above it, code speaks only of blobs: `put / get / has / enumerate / remove`.
+Above it, code speaks only of blobs: `put / get / has / enumerate / remove`,
+and `get_many` to read many blobs by pack rather than one at a time.
 
 Writers and a gc share the repository through leases and plans
 (`pkvc.sessions`, docs/gc.md): a repository opened with `lease=True` (the
@@ -355,7 +356,14 @@ class Repository:
         wanted = dict.fromkeys(refs)
         if any(ref in self._unflushed for ref in wanted):
             self.flush()
-        return self._read_spans(_spans(self._locate_all(wanted, skip_missing)), skip_missing)
+        return self.read_located(self._locate_all(wanted, skip_missing), skip_missing=skip_missing)
+
+    def read_located(self, located: list[tuple[BlobRef, Location]], *,
+                     skip_missing: bool = False) -> Iterator[tuple[BlobRef, bytes]]:
+        """`get_many` for blobs whose locations the caller already has (from
+        `all_locations`): no index lookup. A location whose pack is gone since
+        falls back to the index, as `get` does."""
+        return self._read_spans(_spans(located), skip_missing)
 
     def _locate_all(self, refs: Iterable[BlobRef],
                     skip_missing: bool) -> list[tuple[BlobRef, Location]]:

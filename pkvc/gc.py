@@ -45,7 +45,7 @@ from pkvc.identity import list_identities
 from pkvc.pack import KIND_DATA, KIND_SIGNED
 from pkvc.progress import NO_PROGRESS, Progress
 from pkvc.repo import Location, Repository
-from pkvc.schema.anyblob import parse_blob, schema_refs
+from pkvc.schema.anyblob import parse_blob, walk_refs
 from pkvc.schema.claims import DeleteClaim, ShareClaim
 from pkvc.sessions import KIND_GC, Lease, LeaseExpiredError, Plan, RefSet, SortedKeys
 
@@ -416,7 +416,7 @@ class _Run:
             for _, data in chain(self.repo.read_located(located, skip_missing=True),
                                  self.repo.get_many(elsewhere, skip_missing=True)):
                 try:
-                    found += [r.to_key() for r in schema_refs(parse_blob(data))]
+                    found += [r.to_key() for r in walk_refs(data)]
                 except (SchemaError, ValueError, TypeError):
                     continue
         except BackendError as e:

@@ -58,6 +58,7 @@ READ_SPAN = 4 * 1024 * 1024
 READ_GAP = 256 * 1024  # blobs closer than this share one read
 READ_AHEAD = 3
 READ_THREADS = 2
+SCAN_PIECE = 1024 * 1024  # scan_pack reads a whole pack in pieces of this size
 
 
 @dataclass(frozen=True)
@@ -572,7 +573,7 @@ class Repository:
 
     def scan_pack(self, pack_id: str, entries: list[PackEntry],
                   on_blob: Callable[[PackEntry, "bytes | IntegrityError"], None]) -> tuple[str, int]:
-        """Read a pack front to back in pieces of READ_SPAN bytes (memory: one
+        """Read a pack front to back in pieces of SCAN_PIECE bytes (memory: one
         piece and one blob), opening each entry's blob and handing it, or the
         IntegrityError opening it raised, to `on_blob` in offset order; the
         caller checks it against its ref. Returns the SHA-256 (hex) of every
@@ -582,9 +583,9 @@ class Repository:
 
         def read_more(keep_from: int, need: int) -> None:
             nonlocal buf, start, end, eof
-            chunk = self.backend.load(name, end, max(READ_SPAN, need))
+            chunk = self.backend.load(name, end, max(SCAN_PIECE, need))
             digest.update(chunk)
-            eof = len(chunk) < max(READ_SPAN, need)
+            eof = len(chunk) < max(SCAN_PIECE, need)
             keep_from = min(keep_from, end)  # drop what no later blob needs
             buf, start, end = buf[keep_from - start:] + chunk, keep_from, end + len(chunk)
 

@@ -9,6 +9,8 @@ every blob decrypts and hashes to its ref. It reports; it never repairs or modif
 
 from __future__ import annotations
 
+import hashlib
+import struct
 from collections import Counter, deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,10 +22,12 @@ from pkvc.progress import NO_PROGRESS, Progress
 from pkvc.claims import invalid_claims
 from pkvc.blobref import BlobRef
 from pkvc.repo import READ_AHEAD, READ_THREADS, Repository
-from pkvc.schema.anyblob import parse_blob, schema_refs
+from pkvc.sessions import RefSet
+from pkvc.schema.anyblob import walk_refs
 
 
 REFERENCE_BATCH = 4096  # schema blobs read together when following references
+_PLACE = struct.Struct("<QI")  # offset, length: with the ref key, what index and header agree on
 
 
 @dataclass
@@ -45,17 +49,19 @@ def check_repository(repo: Repository, read_data: bool = False,
     report = CheckReport(read_data=read_data)
     repo.flush()
     present = repo.list_packs()
-    indexed_per_pack, missing = _count_index(repo, present, report)
+    digests: dict = {}
+    indexed_per_pack, missing, stored = _count_index(repo, present, report, digests)
     followed: set[str] = set()  # packs whose schema blobs' references the pack pass checked
     progress.start("check packs", len(present), "packs")
-    for problems in _each_pack(repo, present, indexed_per_pack, read_data, followed):
+    for problems in _each_pack(repo, present, indexed_per_pack, read_data, followed, stored,
+                               digests):
         report.problems += problems.lines
         report.bytes_read += problems.bytes_read
         report.packs += 1
         progress.advance()
     progress.finish()
     if not (read_data and followed == set(present) and not missing):
-        _check_references(repo, report, followed, progress)
+        _check_references(repo, report, followed, stored, progress)
     for bad in invalid_claims(repo):
         report.problems.append(f"signed blob {bad.ref} is ignored: {bad.reason}")
     return report
@@ -73,7 +79,8 @@ class _PackReport:
 
 
 def _each_pack(repo: Repository, present: dict[str, int], indexed_per_pack: Counter,
-               read_data: bool, followed: set[str]) -> Iterator[_PackReport]:
+               read_data: bool, followed: set[str], stored: RefSet,
+               digests: dict) -> Iterator[_PackReport]:
     """Each pack's report in name order. Headers are checked here against the
     index (one thread: the index); with `read_data` the packs are read in
     worker threads, READ_AHEAD at most ahead of this one."""
@@ -82,16 +89,17 @@ def _each_pack(repo: Repository, present: dict[str, int], indexed_per_pack: Coun
     try:
         for pack_id, size in sorted(present.items()):
             found = _PackReport()
-            entries = _check_pack(repo, pack_id, size, indexed_per_pack.get(pack_id, 0), found)
+            entries = _check_pack(repo, pack_id, size, indexed_per_pack.get(pack_id, 0), found,
+                                  digests.pop(pack_id, None))
             if entries is None or not read_data:
                 pending.append((pack_id, found, None))
             else:
                 pending.append((pack_id, found, pool.submit(_read_pack, repo, pack_id, entries,
                                                             found)))
             while pending and (pending[0][2] is None or len(pending) > READ_AHEAD):
-                yield _finish(repo, *pending.popleft(), followed)
+                yield _finish(repo, stored, *pending.popleft(), followed)
         while pending:
-            yield _finish(repo, *pending.popleft(), followed)
+            yield _finish(repo, stored, *pending.popleft(), followed)
     finally:
         for _, _, future in pending:
             if future is not None:
@@ -100,53 +108,80 @@ def _each_pack(repo: Repository, present: dict[str, int], indexed_per_pack: Coun
             pool.shutdown(wait=True)
 
 
-def _finish(repo: Repository, pack_id: str, found: _PackReport, future,
+def _finish(repo: Repository, stored: RefSet, pack_id: str, found: _PackReport, future,
             followed: set[str]) -> _PackReport:
     if future is None:
         return found
     future.result()
     followed.add(pack_id)
     for ref, targets in found.targets:
-        _check_targets(repo, ref, targets, found.lines)
+        _check_targets(repo, stored, ref, targets, found.lines)
     found.targets = []
     return found
 
 
-def _count_index(repo: Repository, present: dict[str, int],
-                 report: CheckReport) -> tuple[Counter, int]:
-    """One pass over the index: blobs per pack, and entries into missing packs."""
+def _count_index(repo: Repository, present: dict[str, int], report: CheckReport,
+                 digests: dict) -> tuple[Counter, int, RefSet]:
+    """One pass over the index: blobs per pack, entries into missing packs, the
+    keys of every stored blob (~29 bytes each: testing a reference costs no
+    index lookup), and per pack a digest of its indexed entries in key order
+    (`digests`: a header that gives the same needs no lookup per entry)."""
     per_pack: Counter = Counter()
+    agree = digests
     missing = 0
-    for ref, loc in repo.index.blobs():
-        report.blobs += 1
-        if loc.kind != KIND_DATA:
-            report.schema_blobs += 1
-        if loc.pack_id in present:
-            per_pack[loc.pack_id] += 1
-        else:
-            report.problems.append(f"blob {ref}: indexed in pack {loc.pack_id}, which is missing")
-            missing += 1
-    return per_pack, missing
+    hidden = repo.index.hidden
+
+    def keys() -> Iterator[bytes]:
+        nonlocal missing
+        for key, loc in repo.index.all_blobs():
+            yield key
+            if hidden and key in hidden:
+                continue  # condemned by a pending gc plan: garbage in transit
+            report.blobs += 1
+            if loc.kind != KIND_DATA:
+                report.schema_blobs += 1
+            if loc.pack_id in present:
+                per_pack[loc.pack_id] += 1
+                h = agree.get(loc.pack_id)
+                if h is None:
+                    h = agree[loc.pack_id] = hashlib.sha256()
+                h.update(_entry_bytes(key, loc.offset, loc.length))
+            else:
+                report.problems.append(f"blob {BlobRef.from_key(key)}: indexed in pack "
+                                       f"{loc.pack_id}, which is missing")
+                missing += 1
+
+    stored = RefSet.from_sorted(keys())
+    return per_pack, missing, stored
 
 
-def _check_pack(repo: Repository, pack_id: str, size: int, indexed: int,
-                found: _PackReport) -> list[PackEntry] | None:
+def _check_pack(repo: Repository, pack_id: str, size: int, indexed: int, found: _PackReport,
+                digest) -> list[PackEntry] | None:
     """The header against the index; its entries, or None if it cannot be read."""
     try:
         entries = repo.read_pack_header(pack_id, size)
     except (IntegrityError, BackendError) as e:
         found.lines.append(f"pack {pack_id}: {e}")
         return None
-    agreeing = 0
     hidden = repo.index.hidden
-    for e in entries:
+    keyed = sorted((e.ref.to_key(), e) for e in entries)
+    if digest is not None and len(entries) == indexed:
+        mine = hashlib.sha256()
+        for key, e in keyed:
+            mine.update(_entry_bytes(key, e.offset, e.length))
+        if mine.digest() == digest.digest():  # the index holds exactly this header
+            found.follow.update(e.ref for key, e in keyed if e.kind != KIND_DATA
+                                and not (hidden and key in hidden))
+            return entries
+    agreeing = 0
+    for key, e in keyed:  # one lookup per entry, to name what differs
         loc = repo.locate(e.ref)
         if loc is None:
             found.lines.append(f"blob {e.ref} in pack {pack_id} is not in the index (run reindex)")
         elif loc.pack_id == pack_id:
             if (loc.offset, loc.length) == (e.offset, e.length):
                 agreeing += 1
-                if e.kind != KIND_DATA and not (hidden and e.ref.to_key() in hidden):
+                if e.kind != KIND_DATA and not (hidden and key in hidden):
                     found.follow.add(e.ref)
             else:
                 found.lines.append(f"blob {e.ref}: index and header of pack {pack_id} disagree")
@@ -154,6 +189,10 @@ def _check_pack(repo: Repository, pack_id: str, size: int, indexed: int,
         found.lines.append(f"pack {pack_id}: the index lists {indexed - agreeing} blobs "
                            "its header does not hold (run reindex)")
     return entries
+
+
+def _entry_bytes(key: bytes, offset: int, length: int) -> bytes:
+    return bytes([len(key)]) + key + _PLACE.pack(offset, length)
 
 
 def _read_pack(repo: Repository, pack_id: str, entries: list[PackEntry],
@@ -184,19 +223,20 @@ def _read_pack(repo: Repository, pack_id: str, entries: list[PackEntry],
 
 def _targets(data: bytes) -> list[BlobRef]:
     try:
-        return schema_refs(parse_blob(data))
-    except SchemaError:
+        return walk_refs(data)
+    except (SchemaError, ValueError, TypeError):
         return []  # JSON that only looks like schema is data, not damage
 
 
-def _check_targets(repo: Repository, ref: BlobRef, targets: list[BlobRef], lines: list[str]):
+def _check_targets(repo: Repository, stored: RefSet, ref: BlobRef, targets: list[BlobRef],
+                   lines: list[str]) -> None:
     for target in targets:
-        if not repo.has(target):
+        if target not in stored and not repo.has(target):  # (has: written since)
             lines.append(f"blob {target}, referenced by {ref}, is missing")
 
 
 def _check_references(repo: Repository, report: CheckReport, followed: set[str],
-                      progress: Progress) -> None:
+                      stored: RefSet, progress: Progress) -> None:
     """Schema blobs the pack pass did not follow (no --read-data, or a pack
     it could not read), read in batches in pack order."""
     progress.start("check references", None if followed else report.schema_blobs, "blobs")
@@ -205,18 +245,18 @@ def _check_references(repo: Repository, report: CheckReport, followed: set[str],
         if loc.kind != KIND_DATA and loc.pack_id not in followed:
             batch.append(ref)
             if len(batch) == REFERENCE_BATCH:
-                _follow(repo, batch, report, progress)
+                _follow(repo, stored, batch, report, progress)
                 batch = []
-    _follow(repo, batch, report, progress)
+    _follow(repo, stored, batch, report, progress)
     progress.finish()
 
 
-def _follow(repo: Repository, refs: list[BlobRef], report: CheckReport,
+def _follow(repo: Repository, stored: RefSet, refs: list[BlobRef], report: CheckReport,
             progress: Progress) -> None:
     done: set[BlobRef] = set()
     try:
         for ref, data in repo.get_many(refs):
-            _check_targets(repo, ref, _targets(data), report.problems)
+            _check_targets(repo, stored, ref, _targets(data), report.problems)
             done.add(ref)
             progress.advance()
     except (IntegrityError, BackendError, BlobNotFoundError):
@@ -228,5 +268,5 @@ def _follow(repo: Repository, refs: list[BlobRef], report: CheckReport,
             except (IntegrityError, BackendError, BlobNotFoundError) as e:
                 report.problems.append(f"schema blob {ref}: {e}")
                 continue
-            _check_targets(repo, ref, _targets(data), report.problems)
+            _check_targets(repo, stored, ref, _targets(data), report.problems)
             progress.advance()

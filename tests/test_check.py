@@ -66,13 +66,28 @@ def test_a_damaged_schema_blob_is_named_and_the_rest_still_checked(small, tmp_pa
 
 def test_a_damaged_data_blob_and_a_missing_pack(small, tmp_path):
     r, _, ghost, files = small
-    data_ref = next(ref for ref, loc in r.enumerate() if loc.kind == KIND_DATA)
-    damaged = _flip(tmp_path / "repo", r, data_ref)
     gone = r.locate(files[20]).pack_id
-    assert gone != damaged
+    data_ref = next(ref for ref, loc in r.enumerate()
+                    if loc.kind == KIND_DATA and loc.pack_id != gone)
+    damaged = _flip(tmp_path / "repo", r, data_ref)
     os.unlink(tmp_path / "repo" / pack_name(gone))
     problems = check_repository(r, read_data=True).problems
     assert any(p.startswith(f"blob {data_ref} in pack {damaged}:") for p in problems)
     assert f"blob {files[20]}: indexed in pack {gone}, which is missing" in problems
     assert any(p.startswith(f"schema blob {files[20]}:") for p in problems)
     assert f"blob {ghost}, referenced by {files[-1]}, is missing" in problems
+
+
+def test_an_index_that_disagrees_with_a_header_is_named(small):
+    r, _, ghost, files = small
+    lost, moved = files[5], files[6]
+    lost_pack = r.locate(lost).pack_id
+    moved_loc = r.locate(moved)
+    r.index._pending[b"b" + lost.to_key()] = None  # damage the cache: one row gone,
+    wrong = moved_loc._replace(offset=moved_loc.offset + 1)  # one row pointing elsewhere
+    r.index.add_pack(moved_loc.pack_id, r.list_packs()[moved_loc.pack_id],
+                     [wrong.entry(moved)])
+    r.index.flush()
+    problems = check_repository(r, read_data=True).problems
+    assert f"blob {lost} in pack {lost_pack} is not in the index (run reindex)" in problems
+    assert f"blob {moved}: index and header of pack {moved_loc.pack_id} disagree" in problems

@@ -9,6 +9,10 @@ relative to an open directory fd, with O_NOFOLLOW / O_EXCL / mkdirat /
 symlinkat, so no symlink, whether restored a moment ago or already in the
 destination, is ever followed: nothing is written outside `dest_dir`.
 
+Reads go by batch, not by blob, when the source has `get_many` (the
+repository reads them by pack): a directory's entries together, and file
+contents in batches of pieces written at their offsets as blobs arrive.
+
 Order: contents first, then mode and mtime of each file; a directory's
 owner, mode and mtime when all of it is done (deepest first), so writing
 children cannot disturb them and a read-only directory can still be filled.

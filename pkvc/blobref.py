@@ -22,13 +22,14 @@ _UNKNOWN_ID = 0xFF
 class BlobRef:
     """An immutable blob name; compare, hash and print it like a string."""
 
-    __slots__ = ("hash_name", "hexdigest", "_str")
+    __slots__ = ("hash_name", "hexdigest", "_str", "_key")
 
     def __init__(self, hash_name: str, digest: bytes | str):
         hexdigest = digest if isinstance(digest, str) else bytes(digest).hex()
         object.__setattr__(self, "hash_name", hash_name)
         object.__setattr__(self, "hexdigest", hexdigest)
         object.__setattr__(self, "_str", f"{hash_name}-{hexdigest}")
+        object.__setattr__(self, "_key", None)  # to_key(), made once when first asked
 
     def __setattr__(self, name, value):
         raise AttributeError("BlobRef is immutable")
@@ -63,6 +64,8 @@ class BlobRef:
 
     @property
     def digest(self) -> bytes:
+        if self.hash_name in KNOWN_HASHES:
+            return self.to_key()[1:]
         return bytes.fromhex(self.hexdigest)
 
     @property
@@ -76,16 +79,23 @@ class BlobRef:
 
     def to_key(self) -> bytes:
         """Compact binary form for index keys: one id byte + digest."""
-        known = KNOWN_HASHES.get(self.hash_name)
-        if known:
-            return bytes([known[1]]) + self.digest
-        return bytes([_UNKNOWN_ID]) + self._str.encode()
+        key = self._key
+        if key is None:
+            known = KNOWN_HASHES.get(self.hash_name)
+            if known:
+                key = bytes([known[1]]) + bytes.fromhex(self.hexdigest)
+            else:
+                key = bytes([_UNKNOWN_ID]) + self._str.encode()
+            object.__setattr__(self, "_key", key)
+        return key
 
     @classmethod
     def from_key(cls, key: bytes) -> "BlobRef":
         if key[0] == _UNKNOWN_ID:
             return cls.parse(key[1:].decode())
-        return cls(_BY_ID[key[0]], key[1:])
+        ref = cls(_BY_ID[key[0]], key[1:])
+        object.__setattr__(ref, "_key", bytes(key))
+        return ref
 
     def __str__(self) -> str:
         return self._str

@@ -10,15 +10,24 @@ every blob decrypts and hashes to its ref. It reports; it never repairs or modif
 from __future__ import annotations
 
 import hashlib
-from collections import Counter
+import struct
+from collections import Counter, deque
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from pkvc.errors import BackendError, BlobNotFoundError, IntegrityError, SchemaError
 from pkvc.pack import KIND_DATA, PackEntry
 from pkvc.progress import NO_PROGRESS, Progress
 from pkvc.claims import invalid_claims
-from pkvc.repo import Repository
-from pkvc.schema.anyblob import parse_blob, schema_refs
+from pkvc.blobref import BlobRef
+from pkvc.repo import READ_AHEAD, READ_THREADS, Repository
+from pkvc.sessions import RefSet
+from pkvc.schema.anyblob import walk_refs
+
+
+REFERENCE_BATCH = 4096  # schema blobs read together when following references
+_PLACE = struct.Struct("<QI")  # offset, length: with the ref key, what index and header agree on
 
 
 @dataclass
@@ -40,92 +49,224 @@ def check_repository(repo: Repository, read_data: bool = False,
     report = CheckReport(read_data=read_data)
     repo.flush()
     present = repo.list_packs()
-    indexed_per_pack = _count_index(repo, present, report)
+    digests: dict = {}
+    indexed_per_pack, missing, stored = _count_index(repo, present, report, digests)
+    followed: set[str] = set()  # packs whose schema blobs' references the pack pass checked
     progress.start("check packs", len(present), "packs")
-    for pack_id, size in sorted(present.items()):
-        _check_pack(repo, pack_id, size, indexed_per_pack.get(pack_id, 0), read_data, report)
+    for problems in _each_pack(repo, present, indexed_per_pack, read_data, followed, stored,
+                               digests):
+        report.problems += problems.lines
+        report.bytes_read += problems.bytes_read
+        report.packs += 1
         progress.advance()
     progress.finish()
-    _check_references(repo, report, progress)
+    if not (read_data and followed == set(present) and not missing):
+        _check_references(repo, report, followed, stored, progress)
     for bad in invalid_claims(repo):
         report.problems.append(f"signed blob {bad.ref} is ignored: {bad.reason}")
     return report
 
 
-def _count_index(repo: Repository, present: dict[str, int], report: CheckReport) -> Counter:
-    """One pass over the index: blobs per pack, and entries into missing packs."""
+@dataclass
+class _PackReport:
+    """What checking one pack found; `follow` are its primary schema blobs, and
+    `targets` what each of them references (filled by the data pass)."""
+
+    lines: list[str] = field(default_factory=list)
+    bytes_read: int = 0
+    follow: set = field(default_factory=set)
+    targets: list[tuple[BlobRef, list[BlobRef]]] = field(default_factory=list)
+
+
+def _each_pack(repo: Repository, present: dict[str, int], indexed_per_pack: Counter,
+               read_data: bool, followed: set[str], stored: RefSet,
+               digests: dict) -> Iterator[_PackReport]:
+    """Each pack's report in name order. Headers are checked here against the
+    index (one thread: the index); with `read_data` the packs are read in
+    worker threads, READ_AHEAD at most ahead of this one."""
+    pending: deque = deque()
+    pool = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="pkvc-check") if read_data else None
+    try:
+        for pack_id, size in sorted(present.items()):
+            found = _PackReport()
+            entries = _check_pack(repo, pack_id, size, indexed_per_pack.get(pack_id, 0), found,
+                                  digests.pop(pack_id, None))
+            if entries is None or not read_data:
+                pending.append((pack_id, found, None))
+            else:
+                pending.append((pack_id, found, pool.submit(_read_pack, repo, pack_id, entries,
+                                                            found)))
+            while pending and (pending[0][2] is None or len(pending) > READ_AHEAD):
+                yield _finish(repo, stored, *pending.popleft(), followed)
+        while pending:
+            yield _finish(repo, stored, *pending.popleft(), followed)
+    finally:
+        for _, _, future in pending:
+            if future is not None:
+                future.cancel()
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+
+def _finish(repo: Repository, stored: RefSet, pack_id: str, found: _PackReport, future,
+            followed: set[str]) -> _PackReport:
+    if future is None:
+        return found
+    future.result()
+    followed.add(pack_id)
+    for ref, targets in found.targets:
+        _check_targets(repo, stored, ref, targets, found.lines)
+    found.targets = []
+    return found
+
+
+def _count_index(repo: Repository, present: dict[str, int], report: CheckReport,
+                 digests: dict) -> tuple[Counter, int, RefSet]:
+    """One pass over the index: blobs per pack, entries into missing packs, the
+    keys of every stored blob (~29 bytes each: testing a reference costs no
+    index lookup), and per pack a digest of its indexed entries in key order
+    (`digests`: a header that gives the same needs no lookup per entry)."""
     per_pack: Counter = Counter()
-    for ref, loc in repo.index.blobs():
-        report.blobs += 1
-        if loc.kind != KIND_DATA:
-            report.schema_blobs += 1
-        if loc.pack_id in present:
-            per_pack[loc.pack_id] += 1
-        else:
-            report.problems.append(f"blob {ref}: indexed in pack {loc.pack_id}, which is missing")
-    return per_pack
+    agree = digests
+    missing = 0
+    hidden = repo.index.hidden
+
+    def keys() -> Iterator[bytes]:
+        nonlocal missing
+        for key, loc in repo.index.all_blobs():
+            yield key
+            if hidden and key in hidden:
+                continue  # condemned by a pending gc plan: garbage in transit
+            report.blobs += 1
+            if loc.kind != KIND_DATA:
+                report.schema_blobs += 1
+            if loc.pack_id in present:
+                per_pack[loc.pack_id] += 1
+                h = agree.get(loc.pack_id)
+                if h is None:
+                    h = agree[loc.pack_id] = hashlib.sha256()
+                h.update(_entry_bytes(key, loc.offset, loc.length))
+            else:
+                report.problems.append(f"blob {BlobRef.from_key(key)}: indexed in pack "
+                                       f"{loc.pack_id}, which is missing")
+                missing += 1
+
+    stored = RefSet.from_sorted(keys())
+    return per_pack, missing, stored
 
 
-def _check_pack(repo: Repository, pack_id: str, size: int, indexed: int, read_data: bool,
-                report: CheckReport) -> None:
-    report.packs += 1
+def _check_pack(repo: Repository, pack_id: str, size: int, indexed: int, found: _PackReport,
+                digest) -> list[PackEntry] | None:
+    """The header against the index; its entries, or None if it cannot be read."""
     try:
         entries = repo.read_pack_header(pack_id, size)
     except (IntegrityError, BackendError) as e:
-        report.problems.append(f"pack {pack_id}: {e}")
-        return
+        found.lines.append(f"pack {pack_id}: {e}")
+        return None
+    hidden = repo.index.hidden
+    keyed = sorted((e.ref.to_key(), e) for e in entries)
+    if digest is not None and len(entries) == indexed:
+        mine = hashlib.sha256()
+        for key, e in keyed:
+            mine.update(_entry_bytes(key, e.offset, e.length))
+        if mine.digest() == digest.digest():  # the index holds exactly this header
+            found.follow.update(e.ref for key, e in keyed if e.kind != KIND_DATA
+                                and not (hidden and key in hidden))
+            return entries
     agreeing = 0
-    for e in entries:
+    for key, e in keyed:  # one lookup per entry, to name what differs
         loc = repo.locate(e.ref)
         if loc is None:
-            report.problems.append(f"blob {e.ref} in pack {pack_id} is not in the index (run reindex)")
+            found.lines.append(f"blob {e.ref} in pack {pack_id} is not in the index (run reindex)")
         elif loc.pack_id == pack_id:
             if (loc.offset, loc.length) == (e.offset, e.length):
                 agreeing += 1
+                if e.kind != KIND_DATA and not (hidden and key in hidden):
+                    found.follow.add(e.ref)
             else:
-                report.problems.append(f"blob {e.ref}: index and header of pack {pack_id} disagree")
+                found.lines.append(f"blob {e.ref}: index and header of pack {pack_id} disagree")
     if agreeing < indexed:
-        report.problems.append(f"pack {pack_id}: the index lists {indexed - agreeing} blobs "
-                               "its header does not hold (run reindex)")
-    if read_data:
-        _read_pack(repo, pack_id, entries, report)
+        found.lines.append(f"pack {pack_id}: the index lists {indexed - agreeing} blobs "
+                           "its header does not hold (run reindex)")
+    return entries
+
+
+def _entry_bytes(key: bytes, offset: int, length: int) -> bytes:
+    return bytes([len(key)]) + key + _PLACE.pack(offset, length)
 
 
 def _read_pack(repo: Repository, pack_id: str, entries: list[PackEntry],
-               report: CheckReport) -> None:
+               found: _PackReport) -> None:
+    """Every byte of the pack against its name, every blob against its ref, and
+    the references of its schema blobs collected (in a worker thread: no index)."""
+    def on_blob(e: PackEntry, raw) -> None:
+        if isinstance(raw, IntegrityError):
+            problem = f"blob {e.ref} in pack {pack_id}: {raw}"
+        elif not e.ref.matches(raw):
+            problem = f"blob {e.ref} in pack {pack_id} does not match its ref"
+        else:
+            if e.ref in found.follow:
+                found.targets.append((e.ref, _targets(raw)))
+            return
+        found.lines.append(problem)
+        if e.ref in found.follow:
+            found.lines.append(f"schema blob {e.ref}: {problem}")
+
     try:
-        data = repo.load_pack(pack_id)
+        digest, found.bytes_read = repo.scan_pack(pack_id, entries, on_blob)
     except BackendError as e:
-        report.problems.append(f"pack {pack_id}: {e}")
+        found.lines.append(f"pack {pack_id}: {e}")
         return
-    report.bytes_read += len(data)
-    if hashlib.sha256(data).hexdigest() != pack_id:
-        report.problems.append(f"pack {pack_id}: content does not match its name (damaged)")
-    for e in entries:
-        try:
-            raw = repo.open_pack_blob(e, data[e.offset:e.offset + e.length])
-        except IntegrityError as err:
-            report.problems.append(f"blob {e.ref} in pack {pack_id}: {err}")
-            continue
-        if not e.ref.matches(raw):
-            report.problems.append(f"blob {e.ref} in pack {pack_id} does not match its ref")
+    if digest != pack_id:
+        found.lines.append(f"pack {pack_id}: content does not match its name (damaged)")
 
 
-def _check_references(repo: Repository, report: CheckReport, progress: Progress) -> None:
-    progress.start("check references", report.schema_blobs, "blobs")
+def _targets(data: bytes) -> list[BlobRef]:
+    try:
+        return walk_refs(data)
+    except (SchemaError, ValueError, TypeError):
+        return []  # JSON that only looks like schema is data, not damage
+
+
+def _check_targets(repo: Repository, stored: RefSet, ref: BlobRef, targets: list[BlobRef],
+                   lines: list[str]) -> None:
+    for target in targets:
+        if target not in stored and not repo.has(target):  # (has: written since)
+            lines.append(f"blob {target}, referenced by {ref}, is missing")
+
+
+def _check_references(repo: Repository, report: CheckReport, followed: set[str],
+                      stored: RefSet, progress: Progress) -> None:
+    """Schema blobs the pack pass did not follow (no --read-data, or a pack
+    it could not read), read in batches in pack order."""
+    progress.start("check references", None if followed else report.schema_blobs, "blobs")
+    batch: list[BlobRef] = []
     for ref, loc in repo.index.blobs():
-        if loc.kind == KIND_DATA:
-            continue
-        try:
-            data = repo.get(ref)
-            targets = schema_refs(parse_blob(data))
-        except (IntegrityError, BackendError, BlobNotFoundError) as e:
-            report.problems.append(f"schema blob {ref}: {e}")
-            continue
-        except SchemaError:
-            targets = []  # JSON that only looks like schema is data, not damage
-        for target in targets:
-            if not repo.has(target):
-                report.problems.append(f"blob {target}, referenced by {ref}, is missing")
-        progress.advance()
+        if loc.kind != KIND_DATA and loc.pack_id not in followed:
+            batch.append(ref)
+            if len(batch) == REFERENCE_BATCH:
+                _follow(repo, stored, batch, report, progress)
+                batch = []
+    _follow(repo, stored, batch, report, progress)
     progress.finish()
+
+
+def _follow(repo: Repository, stored: RefSet, refs: list[BlobRef], report: CheckReport,
+            progress: Progress) -> None:
+    done: set[BlobRef] = set()
+    try:
+        for ref, data in repo.get_many(refs):
+            _check_targets(repo, stored, ref, _targets(data), report.problems)
+            done.add(ref)
+            progress.advance()
+    except (IntegrityError, BackendError, BlobNotFoundError):
+        for ref in refs:  # one at a time, to name each blob that cannot be read
+            if ref in done:
+                continue
+            try:
+                data = repo.get(ref)
+            except (IntegrityError, BackendError, BlobNotFoundError) as e:
+                report.problems.append(f"schema blob {ref}: {e}")
+                continue
+            _check_targets(repo, stored, ref, _targets(data), report.problems)
+            progress.advance()

@@ -2,7 +2,8 @@
 
 It is the only user of the pack format, the index and the backend, and the
 one place that checks that bytes match their blobref (on put and on get).
-Above it, code speaks only of blobs: `put / get / has / enumerate / remove`.
+Above it, code speaks only of blobs: `put / get / has / enumerate / remove`,
+and `get_many` to read many blobs by pack rather than one at a time.
 
 Writers and a gc share the repository through leases and plans
 (`pkvc.sessions`, docs/gc.md): a repository opened with `lease=True` (the
@@ -18,10 +19,14 @@ condemns (garbage in transit); `all_locations` lists every copy.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+import threading
 import time
 import uuid
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +52,15 @@ MAX_BLOB_SIZE = 16 * 1024 * 1024
 PACKS = "packs/"
 _SIGNATURE_MARK = b',"camliSig":"'
 LEASE_REFRESH = 60.0  # seconds between lease renewals while a writer works
+# Batched reads (`get_many`): one backend read covers neighbouring blobs of a
+# pack, up to READ_SPAN bytes (sealed, and plaintext); READ_AHEAD such reads
+# are decoded ahead of the consumer by READ_THREADS threads, so a batch holds
+# at most about READ_AHEAD x 2 x READ_SPAN bytes (24 MiB), whatever its size.
+READ_SPAN = 4 * 1024 * 1024
+READ_GAP = 256 * 1024  # blobs closer than this share one read
+READ_AHEAD = 3
+READ_THREADS = 2
+SCAN_PIECE = 1024 * 1024  # scan_pack reads a whole pack in pieces of this size
 
 
 @dataclass(frozen=True)
@@ -357,9 +371,111 @@ class Repository:
             data = self._load(ref, loc)
         except BackendError as first:
             loc, data = self._load_elsewhere(ref, loc, first)
-        if not ref.matches(data):
-            raise IntegrityError(f"blob {ref} in pack {loc.pack_id} does not match its ref")
-        return data
+        return _verified(ref, loc, data)
+
+    def get_many(self, refs: Iterable[BlobRef], *,
+                 skip_missing: bool = False) -> Iterator[tuple[BlobRef, bytes]]:
+        """(ref, bytes) of each blob once, verified like `get`, in pack order
+        (not the order given): neighbouring blobs come from one read, and reads
+        are decoded in a few threads, a bounded number ahead of the consumer.
+
+        A blob that is not stored raises BlobNotFoundError before anything is
+        read (with `skip_missing` it is left out); a damaged one raises
+        IntegrityError naming it when its turn comes.
+        """
+        wanted = dict.fromkeys(refs)
+        if any(ref in self._unflushed for ref in wanted):
+            self.flush()
+        return self.read_located(self._locate_all(wanted, skip_missing), skip_missing=skip_missing)
+
+    def read_located(self, located: list[tuple[BlobRef, Location]], *,
+                     skip_missing: bool = False) -> Iterator[tuple[BlobRef, bytes]]:
+        """`get_many` for blobs whose locations the caller already has (from
+        `all_locations`): no index lookup. A location whose pack is gone since
+        falls back to the index, as `get` does."""
+        return self._read_spans(_spans(located), skip_missing)
+
+    def _locate_all(self, refs: Iterable[BlobRef],
+                    skip_missing: bool) -> list[tuple[BlobRef, Location]]:
+        found, missing = [], []
+        for ref in refs:
+            loc = self.index.lookup(ref)
+            if loc is None:
+                missing.append(ref)
+            else:
+                found.append((ref, loc))
+        if missing:
+            self.sync_index()  # another process may have written them since we opened
+            for ref in missing:
+                loc = self.index.lookup(ref)
+                if loc is not None:
+                    found.append((ref, loc))
+                elif not skip_missing:
+                    raise BlobNotFoundError(f"blob {ref} is not in the repository")
+        return found
+
+    def _read_spans(self, spans: list["_Span"],
+                    skip_missing: bool) -> Iterator[tuple[BlobRef, bytes]]:
+        if len(spans) <= 1:  # one read: threads would only add their overhead
+            for span in spans:
+                try:
+                    found = self._read_span(span)
+                except BackendError:
+                    found = self._read_elsewhere(span, skip_missing)
+                yield from found
+            return
+        pool, pending, queued = _reader_pool(), deque(), iter(spans)
+        try:
+            for span in queued:
+                pending.append((span, pool.submit(self._read_span, span)))
+                if len(pending) < READ_AHEAD:
+                    continue
+                yield from self._span_result(*pending.popleft(), skip_missing)
+            while pending:
+                yield from self._span_result(*pending.popleft(), skip_missing)
+        finally:
+            for _, future in pending:
+                future.cancel()
+
+    def _span_result(self, span: "_Span", future,
+                     skip_missing: bool) -> list[tuple[BlobRef, bytes]]:
+        try:
+            return future.result()
+        except BackendError:
+            return self._read_elsewhere(span, skip_missing)
+
+    def _read_elsewhere(self, span: "_Span", skip_missing: bool) -> list[tuple[BlobRef, bytes]]:
+        """The pack went away under us: read each blob where it is now, one by one."""
+        out = []
+        for ref, loc in span.blobs:
+            try:
+                out.append((ref, self._fetch_elsewhere(ref, loc)))
+            except BlobNotFoundError:
+                if not skip_missing:
+                    raise
+        return out
+
+    def _read_span(self, span: "_Span") -> list[tuple[BlobRef, bytes]]:
+        """One backend read, then each blob opened and verified (in a worker thread:
+        it touches neither the index nor any state of this object)."""
+        data = memoryview(self.backend.load(pack_name(span.pack_id), span.start,
+                                            span.end - span.start))
+        out = []
+        for ref, loc in span.blobs:
+            at = loc.offset - span.start
+            sealed = data[at:at + loc.length]
+            if len(sealed) != loc.length:
+                raise IntegrityError(f"pack {loc.pack_id} is truncated (blob {ref})")
+            out.append((ref, _verified(ref, loc, open_blob(self._data_key, loc.entry(ref),
+                                                           sealed))))
+        return out
+
+    def _fetch_elsewhere(self, ref: BlobRef, loc: Location) -> bytes:
+        try:
+            data = self._load(ref, loc)
+        except BackendError as first:
+            loc, data = self._load_elsewhere(ref, loc, first)
+        return _verified(ref, loc, data)
 
     def _load_elsewhere(self, ref: BlobRef, failed: Location,
                         error: BackendError) -> tuple[Location, bytes]:
@@ -516,6 +632,40 @@ class Repository:
         return read_header(self._data_key, lambda off, n: self.backend.load(name, off, n),
                            size, f"pack {pack_id}")
 
+    def scan_pack(self, pack_id: str, entries: list[PackEntry],
+                  on_blob: Callable[[PackEntry, "bytes | IntegrityError"], None]) -> tuple[str, int]:
+        """Read a pack front to back in pieces of SCAN_PIECE bytes (memory: one
+        piece and one blob), opening each entry's blob and handing it, or the
+        IntegrityError opening it raised, to `on_blob` in offset order; the
+        caller checks it against its ref. Returns the SHA-256 (hex) of every
+        byte of the pack, and how many. Safe to run in a worker thread."""
+        name = pack_name(pack_id)
+        digest, buf, start, end, eof = hashlib.sha256(), b"", 0, 0, False
+
+        def read_more(keep_from: int, need: int) -> None:
+            nonlocal buf, start, end, eof
+            chunk = self.backend.load(name, end, max(SCAN_PIECE, need))
+            digest.update(chunk)
+            eof = len(chunk) < max(SCAN_PIECE, need)
+            keep_from = min(keep_from, end)  # drop what no later blob needs
+            buf, start, end = buf[keep_from - start:] + chunk, keep_from, end + len(chunk)
+
+        for e in sorted(entries, key=lambda e: e.offset):
+            while end < e.offset + e.length and not eof:
+                read_more(e.offset, e.offset + e.length - end)
+            at = e.offset - start
+            sealed = memoryview(buf)[at:at + e.length]
+            try:
+                if len(sealed) != e.length:
+                    raise IntegrityError(f"pack {pack_id} is truncated (blob {e.ref})")
+                on_blob(e, open_blob(self._data_key, e, sealed))
+            except IntegrityError as err:
+                on_blob(e, err)
+            del sealed
+        while not eof:
+            read_more(end, 0)
+        return digest.hexdigest(), end
+
     def load_pack(self, pack_id: str) -> bytes:
         return self.backend.load(pack_name(pack_id))
 
@@ -560,6 +710,57 @@ class Repository:
         shutil.rmtree(self._index_dir, ignore_errors=True)
         self.index = Index(self._index_dir)
         return self.sync_index(progress)
+
+
+def _verified(ref: BlobRef, loc: Location, data: bytes) -> bytes:
+    if not ref.matches(data):
+        raise IntegrityError(f"blob {ref} in pack {loc.pack_id} does not match its ref")
+    return data
+
+
+@dataclass
+class _Span:
+    """One backend read: bytes start..end of a pack, holding these blobs."""
+
+    pack_id: str
+    start: int
+    end: int
+    blobs: list[tuple[BlobRef, Location]]
+
+
+def _spans(located: list[tuple[BlobRef, Location]]) -> list[_Span]:
+    """Group blobs by pack and offset into reads of at most READ_SPAN bytes
+    (a bigger blob gets a read of its own), joining those at most READ_GAP apart."""
+    spans: list[_Span] = []
+    span = None
+    raw = 0
+    for ref, loc in sorted(located, key=lambda rl: (rl[1].pack_id, rl[1].offset)):
+        end = loc.offset + loc.length
+        if (span is not None and loc.pack_id == span.pack_id
+                and loc.offset - span.end <= READ_GAP and end - span.start <= READ_SPAN
+                and raw + loc.raw_length <= READ_SPAN):
+            span.end = max(span.end, end)
+            span.blobs.append((ref, loc))
+            raw += loc.raw_length
+            continue
+        span = _Span(loc.pack_id, loc.offset, end, [(ref, loc)])
+        raw = loc.raw_length
+        spans.append(span)
+    return spans
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _reader_pool() -> ThreadPoolExecutor:
+    """The threads that read and decode for `get_many`, shared by the process
+    (zstd, libsodium, hashlib and file reads release the GIL)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="pkvc-read")
+        return _pool
 
 
 class Repacker:

@@ -9,6 +9,10 @@ relative to an open directory fd, with O_NOFOLLOW / O_EXCL / mkdirat /
 symlinkat, so no symlink, whether restored a moment ago or already in the
 destination, is ever followed: nothing is written outside `dest_dir`.
 
+Reads go by batch, not by blob, when the source has `get_many` (the
+repository reads them by pack): a directory's entries together, and file
+contents in batches of pieces written at their offsets as blobs arrive.
+
 Order: contents first, then mode and mtime of each file; a directory's
 owner, mode and mtime when all of it is done (deepest first), so writing
 children cannot disturb them and a read-only directory can still be filled.
@@ -39,6 +43,9 @@ from pkvc.schema.staticset import StaticSetBlob
 MAX_BYTES_DEPTH = 32      # nesting of bytes blobs; pkvc's own files need ~3
 MAX_SET_DEPTH = 8         # nesting of mergeSets; Perkeep's rule needs 2 for 10^8 entries
 STREAM_BLOCK = 1 << 20    # holes are streamed as zeros in blocks of this size
+LISTING_BATCH = 4096      # directory entries read together
+BATCH_PIECES = 4096       # pieces of file content fetched together (see _Content)
+BATCH_OPEN = 256          # files and directories held open until their batch is written
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _NODE_TYPES = (FileBlob, DirectoryBlob, SymlinkBlob, SpecialBlob)
@@ -48,6 +55,16 @@ Node = FileBlob | DirectoryBlob | SymlinkBlob | SpecialBlob
 class BlobSource(Protocol):
     def get(self, ref: BlobRef) -> bytes:
         """The blob's bytes, already checked against `ref`."""
+
+    # Optional: `get_many(refs)` yielding (ref, bytes) of each, in any order
+    # (the repository reads them by pack); without it, `get` is called for each.
+
+
+def _get_many(source: BlobSource, refs) -> Iterator[tuple[BlobRef, bytes]]:
+    many = getattr(source, "get_many", None)
+    if many is not None:
+        return many(refs)
+    return ((ref, source.get(ref)) for ref in dict.fromkeys(refs))
 
 
 @dataclass(frozen=True)
@@ -108,6 +125,13 @@ def read_file_bytes(ref: BlobRef, source: BlobSource) -> bytes:
 
 
 def _pieces(parts, source, skip: int, take: int, depth: int, seen: frozenset):
+    for n, ref, start in _spans(parts, source, skip, take, depth, seen):
+        yield n, None if ref is None else _slice(source.get(ref), ref, start, n)
+
+
+def _spans(parts, source, skip: int, take: int, depth: int, seen: frozenset):
+    """(size, blob ref or None for a hole, offset in that blob) runs of content,
+    nested bytes blobs resolved (they are read here, the data blobs are not)."""
     for part in parts:
         if take <= 0:
             return
@@ -116,9 +140,9 @@ def _pieces(parts, source, skip: int, take: int, depth: int, seen: frozenset):
             continue
         n = min(part.size - skip, take)
         if part.is_hole:
-            yield n, None
+            yield n, None, 0
         elif part.blob_ref is not None:
-            yield n, _slice(source.get(part.blob_ref), part.blob_ref, part.offset + skip, n)
+            yield n, part.blob_ref, part.offset + skip
         else:
             yield from _nested(part.bytes_ref, source, part.offset + skip, n, depth, seen)
         take -= n
@@ -138,9 +162,9 @@ def _nested(ref: BlobRef, source, skip: int, take: int, depth: int, seen: frozen
     if not isinstance(sub, BytesBlob):
         raise SchemaError(f"bytesRef {ref} is a {sub.camli_type}, not bytes")
     got = 0
-    for n, data in _pieces(sub.parts, source, skip, take, depth + 1, seen | {ref}):
-        got += n
-        yield n, data
+    for span in _spans(sub.parts, source, skip, take, depth + 1, seen | {ref}):
+        got += span[0]
+        yield span
     if got != take:
         raise SchemaError(f"bytes blob {ref} is shorter than the part that uses it")
 
@@ -178,6 +202,8 @@ class _Restorer:
         self.links: dict[str, tuple[tuple[bytes, ...], bytes]] = {}
         self.root_fd = -1
         self.as_root = os.geteuid() == 0
+        self.content = _Content(self)
+        self._ids: dict[tuple, int] = {}  # (kind, name, number) -> local id
 
     def run(self, ref: BlobRef, dest: bytes, name: bytes | None) -> RestoreResult:
         blob = self._node(ref, dest)
@@ -196,7 +222,9 @@ class _Restorer:
                 self._walk(_DirFrame(self.root_fd, dest, (), blob if created else None, ref, entries))
             else:
                 self._place_top(blob, ref, dest, name)
+            self.content.flush()
         finally:
+            self.content.abandon()
             os.close(self.root_fd)
         return self.result
 
@@ -223,7 +251,11 @@ class _Restorer:
     # reading and checking a directory before writing any of it
 
     def _node(self, ref: BlobRef, where: bytes) -> Node:
-        blob = parse_blob(self.source.get(ref))
+        return self._parsed_node(ref, self.source.get(ref), where)
+
+    @staticmethod
+    def _parsed_node(ref: BlobRef, data: bytes, where: bytes) -> Node:
+        blob = parse_blob(data)
         if not isinstance(blob, _NODE_TYPES):
             raise SchemaError(f"{os.fsdecode(where)}: {ref} is a {blob.camli_type}, "
                               "not a file, directory, symlink, fifo or socket")
@@ -231,8 +263,7 @@ class _Restorer:
 
     def _listing(self, blob: DirectoryBlob, ref: BlobRef, path: bytes):
         entries, names = [], set()
-        for member in self._members(blob.entries, 0, set()):
-            child = self._node(member, path)
+        for member, child in self._nodes(self._members(blob.entries, 0, set()), path):
             problem = name_problem(child.name)
             if problem:
                 raise SchemaError(f"directory {os.fsdecode(path)} ({ref}): entry {member} "
@@ -243,6 +274,14 @@ class _Restorer:
             names.add(child.name)
             entries.append((child.name, member, child))
         return entries
+
+    def _nodes(self, members: list[BlobRef], where: bytes) -> Iterator[tuple[BlobRef, Node]]:
+        """Each member's node in order; read LISTING_BATCH at a time, together."""
+        for at in range(0, len(members), LISTING_BATCH):
+            batch = members[at:at + LISTING_BATCH]
+            found = dict(_get_many(self.source, batch))
+            for member in batch:
+                yield member, self._parsed_node(member, found[member], where)
 
     def _members(self, set_ref: BlobRef, depth: int, seen: set) -> list[BlobRef]:
         if depth > MAX_SET_DEPTH or set_ref in seen:
@@ -270,7 +309,7 @@ class _Restorer:
                         stack.append(child)
                     continue
                 stack.pop()
-                self._finish_dir(frame)
+                self.content.finish_dir(frame)  # after its files' contents
         finally:
             for frame in stack:
                 if frame.fd != self.root_fd:
@@ -320,7 +359,8 @@ class _Restorer:
             if existing is not None:
                 self._clear(dir_fd, name, existing)
             if isinstance(blob, FileBlob):
-                self._place_file(dir_fd, rel, path, name, blob)
+                if not self._place_file(dir_fd, rel, path, name, blob):
+                    return  # its content is written (and reported) with its batch
             elif isinstance(blob, SymlinkBlob):
                 self._place_symlink(dir_fd, name, blob)
             elif blob.kind == "fifo":
@@ -341,28 +381,20 @@ class _Restorer:
                             "empty directory or allow overwriting")
         os.unlink(name, dir_fd=dir_fd)  # unlinks a symlink itself, never its target
 
-    def _place_file(self, dir_fd: int, rel: tuple, path: bytes, name: bytes, blob: FileBlob) -> None:
+    def _place_file(self, dir_fd: int, rel: tuple, path: bytes, name: bytes, blob: FileBlob) -> bool:
+        """A hard link (True: done), or a new file whose content is queued."""
         if blob.link_group is not None and self._link(dir_fd, name, blob.link_group):
-            return
+            return True
         fd = os.open(name, _NEW_FILE_FLAGS, 0o600, dir_fd=dir_fd)
-        try:
-            self._write_content(fd, blob, path)
-            self._apply_meta(fd, blob, 0o644)
-        finally:
-            os.close(fd)
-        self.result.files += 1
         if blob.link_group is not None:
             self.links.setdefault(blob.link_group, (rel, name))
+        self.content.add(fd, blob, path)
+        return False
 
-    def _write_content(self, fd: int, blob: FileBlob, path: bytes) -> None:
-        pos, shown = 0, os.fsdecode(path)
-        for size, data in iter_file_pieces(blob, self.source):
-            if data is not None:
-                _pwrite_all(fd, data, pos)
-                self.result.bytes_written += size
-                self._emit(BytesWritten(shown, size))
-            pos += size
-        os.ftruncate(fd, pos)  # keeps a trailing hole a hole
+    def _file_done(self, fd: int, blob: FileBlob, path: bytes, size: int) -> None:
+        os.ftruncate(fd, size)  # keeps a trailing hole a hole
+        self._apply_meta(fd, blob, 0o644)
+        self.result.files += 1
 
     def _link(self, dir_fd: int, name: bytes, group: str) -> bool:
         """Hard-link to the group's first file; False to write a copy instead."""
@@ -429,9 +461,110 @@ class _Restorer:
     def _owner(self, blob: Node) -> tuple[int, int]:
         if not self.as_root:
             return -1, -1
-        meta = blob.meta
-        return (_local_id(meta.owner, meta.uid, pwd.getpwnam, pwd.getpwuid, "pw_uid"),
-                _local_id(meta.group, meta.gid, grp.getgrnam, grp.getgrgid, "gr_gid"))
+        meta, ids = blob.meta, self._ids
+        user, group = ("u", meta.owner, meta.uid), ("g", meta.group, meta.gid)
+        if user not in ids:  # each lookup re-reads /etc/passwd: once per owner is enough
+            ids[user] = _local_id(meta.owner, meta.uid, pwd.getpwnam, pwd.getpwuid, "pw_uid")
+        if group not in ids:
+            ids[group] = _local_id(meta.group, meta.gid, grp.getgrnam, grp.getgrgid, "gr_gid")
+        return ids[user], ids[group]
+
+
+@dataclass
+class _PendingFile:
+    fd: int
+    blob: FileBlob
+    path: bytes
+    size: int = 0  # where its content ends (known once all of it is queued)
+    complete: bool = False
+    failed: str | None = None
+
+
+class _Content:
+    """File contents written in batches, as restic's restorer does: the data
+    blobs of many files are fetched together (`get_many`: in pack order, in
+    a few threads) and each piece is written at its offset as it arrives.
+    Files stay open until their batch is written, then get their size and
+    metadata; directories popped meanwhile get theirs after that. A batch
+    holds at most BATCH_PIECES pieces and BATCH_OPEN open files and
+    directories (a bigger file spans batches), never the data itself."""
+
+    def __init__(self, restorer: "_Restorer"):
+        self.r = restorer
+        self.files: list[_PendingFile] = []
+        self.dirs: list[_DirFrame] = []
+        self.pieces: dict[BlobRef, list[tuple[_PendingFile, int, int, int]]] = {}
+        self.count = 0
+
+    def add(self, fd: int, blob: FileBlob, path: bytes) -> None:
+        """Queue a new file's content (the file now belongs to this object)."""
+        f = _PendingFile(fd, blob, path)
+        self.files.append(f)
+        pos = 0
+        for n, ref, start in _spans(blob.parts, self.r.source, 0, blob.size, 0, frozenset()):
+            if ref is not None:
+                self.pieces.setdefault(ref, []).append((f, pos, start, n))
+                self.count += 1
+                if self.count >= BATCH_PIECES:
+                    self.flush()
+            pos += n
+        f.size, f.complete = pos, True
+        if len(self.files) + len(self.dirs) >= BATCH_OPEN:
+            self.flush()
+
+    def finish_dir(self, frame: _DirFrame) -> None:
+        self.dirs.append(frame)
+        if len(self.files) + len(self.dirs) >= BATCH_OPEN:
+            self.flush()
+
+    def flush(self) -> None:
+        pieces, self.pieces, self.count = self.pieces, {}, 0
+        if pieces:
+            self._write(pieces)
+        done = [f for f in self.files if f.complete]
+        self.files = [f for f in self.files if not f.complete]
+        for f in done:
+            self._finish(f)
+        dirs, self.dirs = self.dirs, []
+        for frame in dirs:  # deepest first, as they were popped
+            self.r._finish_dir(frame)
+
+    def _write(self, pieces: dict) -> None:
+        result, emit = self.r.result, self.r._emit
+        for ref, data in _get_many(self.r.source, pieces):
+            for f, pos, start, n in pieces[ref]:
+                piece = _slice(data, ref, start, n)
+                if f.failed is not None:
+                    continue
+                try:
+                    _pwrite_all(f.fd, piece, pos)
+                except OSError as e:
+                    f.failed = e.strerror or str(e)
+                    continue
+                result.bytes_written += n
+                emit(BytesWritten(os.fsdecode(f.path), n))
+
+    def _finish(self, f: _PendingFile) -> None:
+        try:
+            if f.failed is None:
+                self.r._file_done(f.fd, f.blob, f.path, f.size)
+        except OSError as e:
+            f.failed = e.strerror or str(e)
+        finally:
+            os.close(f.fd)
+        if f.failed is not None:
+            self.r._fail(f.path, f.failed)
+        else:
+            self.r._emit(EntryRestored(os.fsdecode(f.path), f.blob.camli_type))
+
+    def abandon(self) -> None:
+        """After an error: close whatever is still open."""
+        for f in self.files:
+            os.close(f.fd)
+        for frame in self.dirs:
+            if frame.fd != self.r.root_fd:
+                os.close(frame.fd)
+        self.files, self.dirs, self.pieces = [], [], {}
 
 
 def _local_id(name, number, by_name, by_id, attr: str) -> int:

@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from typing import Union
 
 from pkvc.blobref import BlobRef
+from pkvc.errors import SchemaError
 from pkvc.schema.claims import (
     AttributeClaim, DeleteClaim, MultiClaim, PermanodeBlob, ShareClaim, parse_claim,
 )
-from pkvc.schema.fields import as_map, get_ref
+from pkvc.schema.fields import as_map, get_ref, get_ref_list
 from pkvc.schema.fsnodes import DirectoryBlob, FileBlob, SpecialBlob, SymlinkBlob
 from pkvc.schema.parts import BytesBlob
 from pkvc.schema.staticset import StaticSetBlob
@@ -72,3 +73,42 @@ def parse_blob(data: "bytes | Mapping") -> SchemaBlob:
 def schema_refs(blob: SchemaBlob) -> list[BlobRef]:
     """Every blobref this schema blob points at, in field order, duplicates kept."""
     return blob.refs()
+
+
+def walk_refs(data: "bytes | Mapping") -> list[BlobRef]:
+    """`schema_refs(parse_blob(data))`, faster for the blobs a tree is made of.
+
+    For gc's mark, which reads every live schema blob: a file, bytes,
+    directory or static-set gives its refs straight from the JSON, its other
+    fields unchecked (a blob malformed elsewhere still names what it points
+    at: the gc keeps more, never less). Every other type goes through
+    `parse_blob`. SchemaError when a ref field itself is malformed.
+    """
+    m = as_map(data)
+    ctype = m.get("camliType")
+    if ctype == "file" or ctype == "bytes":
+        key = "parts" if ctype == "bytes" or "parts" in m or "contentParts" not in m else "contentParts"
+        found = _part_refs(m.get(key))
+        whole = get_ref(m, "wholeRef") if ctype == "file" else None
+        return found + [whole] if whole is not None else found
+    if ctype == "directory":
+        entries = get_ref(m, "entries", required=True)
+        return [entries]
+    if ctype == "static-set":
+        return list(get_ref_list(m, "members") or ()) + list(get_ref_list(m, "mergeSets") or ())
+    return schema_refs(parse_blob(m))
+
+
+def _part_refs(parts) -> list[BlobRef]:
+    if parts is None:
+        return []
+    if not isinstance(parts, list):
+        raise SchemaError("parts must be a list")
+    found = []
+    for part in parts:
+        if not isinstance(part, Mapping):
+            raise SchemaError("a part must be a JSON object")
+        ref = get_ref(part, "blobRef") or get_ref(part, "bytesRef")
+        if ref is not None:
+            found.append(ref)
+    return found

@@ -1,0 +1,93 @@
+"""check: one pass over the packs finds damage and dangling references, and goes on."""
+
+import os
+
+import pytest
+
+from pkvc.backends.local import LocalBackend
+from pkvc.blobref import BlobRef
+from pkvc.check import check_repository
+from pkvc.pack import KIND_DATA, pack_name
+from pkvc.repo import Repository
+from pkvc.schema.fsnodes import DirectoryBlob, FileBlob
+from pkvc.schema.parts import Part
+from pkvc.schema.staticset import StaticSetBlob
+
+PASSWORD = b"correct horse battery staple"  # as in conftest.py
+
+
+@pytest.fixture
+def small(tmp_path):
+    """A repository of small packs: 30 files in a directory, one part missing."""
+    r = Repository.create(LocalBackend(tmp_path / "repo"), PASSWORD, tmp_path / "cache",
+                          pack_size=16 * 1024)
+    files = []
+    for i in range(30):
+        data = os.urandom(2000 + i)
+        files.append(r.put(FileBlob(b"f%d" % i, (Part(len(data), blob_ref=r.put_data(data)),)).to_json()))
+    ghost = BlobRef.of(b"never stored")
+    files.append(r.put(FileBlob(b"dangling", (Part(5, blob_ref=ghost),)).to_json()))
+    top = r.put(DirectoryBlob(b"top", r.put(StaticSetBlob(tuple(files)).to_json())).to_json())
+    r.flush()
+    yield r, top, ghost, files
+    r.close()
+
+
+def _flip(repo_path, r, ref):
+    loc = r.locate(ref)
+    path = repo_path / pack_name(loc.pack_id)
+    data = bytearray(path.read_bytes())
+    data[loc.offset + loc.length // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    return loc.pack_id
+
+
+@pytest.mark.parametrize("read_data", [False, True])
+def test_a_dangling_reference_is_found_with_or_without_reading_data(small, read_data):
+    r, _, ghost, files = small
+    report = check_repository(r, read_data=read_data)
+    assert report.problems == [f"blob {ghost}, referenced by {files[-1]}, is missing"]
+    assert report.packs >= 4 and report.schema_blobs == 33
+    assert report.bytes_read == (sum(r.list_packs().values()) if read_data else 0)
+
+
+def test_a_damaged_schema_blob_is_named_and_the_rest_still_checked(small, tmp_path):
+    r, _, ghost, files = small
+    pack = _flip(tmp_path / "repo", r, files[3])
+    problems = check_repository(r, read_data=True).problems
+    assert f"pack {pack}: content does not match its name (damaged)" in problems
+    assert any(p.startswith(f"blob {files[3]} in pack {pack}:") for p in problems)
+    assert any(p.startswith(f"schema blob {files[3]}:") for p in problems)
+    assert f"blob {ghost}, referenced by {files[-1]}, is missing" in problems
+    without = check_repository(r).problems  # headers intact: only the reference walk reads it
+    assert any(p.startswith(f"schema blob {files[3]}:") for p in without)
+    assert f"blob {ghost}, referenced by {files[-1]}, is missing" in without
+
+
+def test_a_damaged_data_blob_and_a_missing_pack(small, tmp_path):
+    r, _, ghost, files = small
+    gone = r.locate(files[20]).pack_id
+    data_ref = next(ref for ref, loc in r.enumerate()
+                    if loc.kind == KIND_DATA and loc.pack_id != gone)
+    damaged = _flip(tmp_path / "repo", r, data_ref)
+    os.unlink(tmp_path / "repo" / pack_name(gone))
+    problems = check_repository(r, read_data=True).problems
+    assert any(p.startswith(f"blob {data_ref} in pack {damaged}:") for p in problems)
+    assert f"blob {files[20]}: indexed in pack {gone}, which is missing" in problems
+    assert any(p.startswith(f"schema blob {files[20]}:") for p in problems)
+    assert f"blob {ghost}, referenced by {files[-1]}, is missing" in problems
+
+
+def test_an_index_that_disagrees_with_a_header_is_named(small):
+    r, _, ghost, files = small
+    lost, moved = files[5], files[6]
+    lost_pack = r.locate(lost).pack_id
+    moved_loc = r.locate(moved)
+    r.index._pending[b"b" + lost.to_key()] = None  # damage the cache: one row gone,
+    wrong = moved_loc._replace(offset=moved_loc.offset + 1)  # one row pointing elsewhere
+    r.index.add_pack(moved_loc.pack_id, r.list_packs()[moved_loc.pack_id],
+                     [wrong.entry(moved)])
+    r.index.flush()
+    problems = check_repository(r, read_data=True).problems
+    assert f"blob {lost} in pack {lost_pack} is not in the index (run reindex)" in problems
+    assert f"blob {moved}: index and header of pack {moved_loc.pack_id} disagree" in problems

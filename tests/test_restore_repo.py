@@ -1,0 +1,65 @@
+"""restore from a real repository: batched reads and batched writes give back
+exactly the tree, however the batches fall."""
+
+import os
+
+import pytest
+
+from fstree import make_rich_tree, tree_state
+from pkvc import restore as restore_mod
+from pkvc.backends.local import LocalBackend
+from pkvc.chunker import KiB, ChunkerParams
+from pkvc.errors import BlobNotFoundError
+from pkvc.pack import KIND_DATA
+from pkvc.repo import Repository
+from pkvc.restore import restore
+from pkvc.tree import put_path
+
+PASSWORD = b"correct horse battery staple"  # as in conftest.py
+SMALL = ChunkerParams(min_size=1 * KiB, avg_size=4 * KiB, max_size=16 * KiB)
+
+
+@pytest.fixture
+def stored(tmp_path):
+    """A rich tree, a 1 MiB file of ~250 chunks and a few directories, in small packs."""
+    src = make_rich_tree(tmp_path / "src")
+    (src / "sub" / "large").write_bytes(os.urandom(1024 * KiB))
+    with open(src / "sub" / "holes", "wb") as f:
+        f.truncate(3000 * KiB)
+        f.seek(1000 * KiB)
+        f.write(os.urandom(100 * KiB))
+    for i in range(5):
+        (src / f"d{i}").mkdir()
+        for j in range(7):
+            (src / f"d{i}" / f"f{j}").write_bytes(b"%d-%d " % (i, j) * (j * 100))
+    r = Repository.create(LocalBackend(tmp_path / "repo"), PASSWORD, tmp_path / "cache",
+                          pack_size=64 * KiB)
+    ref = put_path(src, r, chunker=SMALL, max_parts=40).ref
+    r.flush()
+    yield r, ref, src
+    r.close()
+
+
+@pytest.mark.parametrize("pieces,open_files,listing", [(4096, 256, 4096), (3, 2, 2), (1, 1, 1)])
+def test_round_trip_whatever_the_batch_sizes(stored, tmp_path, monkeypatch, pieces, open_files,
+                                             listing):
+    r, ref, src = stored
+    monkeypatch.setattr(restore_mod, "BATCH_PIECES", pieces)
+    monkeypatch.setattr(restore_mod, "BATCH_OPEN", open_files)
+    monkeypatch.setattr(restore_mod, "LISTING_BATCH", listing)
+    result = restore(ref, tmp_path / "dst", r)
+    assert result.errors == []
+    assert tree_state(tmp_path / "dst") == tree_state(src)
+    assert result.hardlinks == 2 and result.files == len(
+        [p for p in src.rglob("*") if p.is_file() and not p.is_symlink()]) - 2
+
+
+def test_a_failed_batch_closes_every_file(stored, tmp_path, monkeypatch):
+    r, ref, src = stored
+    monkeypatch.setattr(restore_mod, "BATCH_OPEN", 1000)
+    victim = max(loc.pack_id for _, loc in r.enumerate() if loc.kind == KIND_DATA)
+    os.unlink(tmp_path / "repo" / "packs" / victim[:2] / victim)  # data goes missing
+    before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(BlobNotFoundError):
+        restore(ref, tmp_path / "dst", r)
+    assert len(os.listdir("/proc/self/fd")) <= before

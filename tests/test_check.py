@@ -18,13 +18,16 @@ PASSWORD = b"correct horse battery staple"  # as in conftest.py
 
 @pytest.fixture
 def small(tmp_path):
-    """A repository of small packs: 30 files in a directory, one part missing."""
+    """A repository of small packs: 30 files in a directory, one part missing;
+    the file blobs in packs of ten."""
     r = Repository.create(LocalBackend(tmp_path / "repo"), PASSWORD, tmp_path / "cache",
                           pack_size=16 * 1024)
     files = []
     for i in range(30):
         data = os.urandom(2000 + i)
         files.append(r.put(FileBlob(b"f%d" % i, (Part(len(data), blob_ref=r.put_data(data)),)).to_json()))
+        if i % 10 == 9:
+            r.flush()  # schema blobs in several packs (they never share one with data)
     ghost = BlobRef.of(b"never stored")
     files.append(r.put(FileBlob(b"dangling", (Part(5, blob_ref=ghost),)).to_json()))
     top = r.put(DirectoryBlob(b"top", r.put(StaticSetBlob(tuple(files)).to_json())).to_json())

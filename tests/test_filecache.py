@@ -2,6 +2,7 @@
 
 import shutil
 
+from gc_support import remove_blobs
 from pkvc import tree
 from pkvc.filecache import FileCache
 
@@ -50,7 +51,7 @@ def test_a_deleted_cache_gives_the_same_refs(repo, reopen, tmp_path, cache_dir):
 def test_a_cached_directory_blob_that_is_gone_is_stored_again(repo, tmp_path):
     root = _tree(tmp_path / "src")
     first, _ = _snapshot(repo, root)
-    repo.remove({first.ref})
+    remove_blobs(repo, {first.ref})
     assert not repo.has(first.ref)
     second, _ = _snapshot(repo, root)
     assert second.ref == first.ref and repo.has(first.ref)
@@ -77,7 +78,7 @@ def test_a_file_blob_gone_with_its_directory_is_read_again(repo, tmp_path):
     first, _ = _snapshot(repo, root)
     x = _children(repo, first.ref)[b"x"]
     y = _children(repo, x)[b"y.bin"]
-    repo.remove({first.ref, x, y})  # as a gc would: nothing references them
+    remove_blobs(repo, {first.ref, x, y})  # as a gc would: nothing references them
     second, cache = _snapshot(repo, root)
     assert second.ref == first.ref and repo.has(y)
     assert second.stale_files == 1 and second.cached_files == 2 and cache.matched == 3

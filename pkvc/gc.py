@@ -401,24 +401,31 @@ class _Run:
         self.live = Bits(self.table.n)
 
     def refs_of(self, keys: Iterable[bytes]) -> list[bytes]:
-        """The refs the given schema blobs hold, read in pack order, batched. A
-        blob that is not valid schema holds none; nor does one removed meanwhile
-        (by a plan this gc finished): what held it is garbage."""
+        """The refs the given schema blobs hold: from the refs cache
+        (`Repository.known_refs`), else read in pack order, batched, and then
+        cached. A blob that is not valid schema holds none; nor does one removed
+        meanwhile (by a plan this gc finished): what held it is garbage."""
         found: list[bytes] = []
         located, elsewhere = [], []
         for key in keys:
+            known = self.repo.known_refs(key)
+            if known is not None:
+                found += known
+                continue
             o = self.table.ordinal(key)
             if o >= 0:
                 located.append((BlobRef.from_key(key), self.places.location(o)))
             else:
                 elsewhere.append(BlobRef.from_key(key))  # written after the gc began
         try:
-            for _, data in chain(self.repo.read_located(located, skip_missing=True),
-                                 self.repo.get_many(elsewhere, skip_missing=True)):
+            for ref, data in chain(self.repo.read_located(located, skip_missing=True),
+                                   self.repo.get_many(elsewhere, skip_missing=True)):
                 try:
-                    found += [r.to_key() for r in walk_refs(data)]
+                    held = [r.to_key() for r in walk_refs(data)]
                 except (SchemaError, ValueError, TypeError):
-                    continue
+                    held = []
+                self.repo.record_refs(ref.to_key(), held)
+                found += held
         except BackendError as e:
             raise IntegrityError(f"gc cannot read a blob it must follow ({e}); "
                                  "run `pkvc check`") from e

@@ -286,9 +286,7 @@ def claim_roots(repo: Repository, clock: Callable[[], int] = time.time_ns) -> It
                              "claims; run `pkvc check` before gc")
     for identity in list_identities(repo):
         yield identity.public_key_ref
-    for key, loc, _ in repo.all_locations(copies=False):
-        if loc.kind != KIND_SIGNED:
-            continue
+    for key in repo.signed_keys():
         ref = BlobRef.from_key(key)
         if index.permanode(ref) is not None and not index.is_deleted(ref):
             yield ref

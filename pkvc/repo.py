@@ -523,6 +523,12 @@ class Repository:
         self.flush()
         return self.index.blobs()
 
+    def signed_keys(self) -> Iterator[bytes]:
+        """The ref key of every blob whose primary copy is signed, in key order
+        (hidden ones too, like `all_locations`)."""
+        self.flush()
+        return self.index.keys_of_kind(KIND_SIGNED)
+
     def all_locations(self, copies: bool = True) -> Iterator[tuple[bytes, Location, bool]]:
         """(ref key, location, is primary) of every blob's primary copy in key
         order, then (with `copies`) of every other copy. No BlobRef is made:

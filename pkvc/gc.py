@@ -145,6 +145,26 @@ class BlobTable:
         i = found[1].index(key)
         return found[0] + i if i >= 0 else -1
 
+    def ordinal_finder(self) -> Callable[[bytes], int]:
+        """`ordinal`, faster for keys given in ascending order (as the index
+        lists them): each is first tried just after the last one found of its
+        width, and only bisected for when it is not there."""
+        after: dict[int, int] = {}
+
+        def find(key: bytes) -> int:
+            found = self._groups.get(len(key))
+            if found is None:
+                return -1
+            base, g = found
+            i = after.get(g.width, 0)
+            if not (i < len(g) and g[i] == key):
+                i = g.index(key)
+                if i < 0:
+                    return -1
+            after[g.width] = i + 1
+            return base + i
+        return find
+
     def key(self, o: int) -> bytes:
         for base, g in reversed(self._order):
             if o >= base:
@@ -216,8 +236,9 @@ class Rows:
         number: dict[str, int] = {}
         self.ords, self.packs, self.lengths = array("i"), array("I"), array("I")
         self.primary = bytearray()
+        ordinal = table.ordinal_finder()
         for key, loc, primary in repo.all_locations():
-            o = table.ordinal(key)
+            o = ordinal(key)
             if o < 0:
                 continue  # written after the gc began: never touched, never needed
             p = number.get(loc.pack_id)

@@ -639,8 +639,8 @@ class Repository:
         row only means the blob must be read. Rows are keyed by the blob's own
         ref and blobs are immutable, so a row, once right, stays right."""
         if all(len(k) < 256 for k in ref_keys):  # (else no row: the blob is read)
-            self.cache_table(REFS_TABLE).put(key, b"".join(bytes([len(k)]) + k
-                                                           for k in ref_keys))
+            self.index.table_put(REFS_TABLE_NAME, key,
+                                 b"".join([bytes((len(k),)) + k for k in ref_keys]))
 
     def known_refs(self, key: bytes) -> list[bytes] | None:
         """The ref keys `record_refs` kept for this blob; None if it has no row."""

@@ -13,7 +13,7 @@ import hashlib
 import struct
 from collections import Counter, deque
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from pkvc.errors import BackendError, BlobNotFoundError, IntegrityError, SchemaError
@@ -27,6 +27,7 @@ from pkvc.schema.anyblob import walk_refs
 
 
 REFERENCE_BATCH = 4096  # schema blobs read together when following references
+HEADERS_AHEAD = 8  # pack headers read ahead of the thread that checks them
 _PLACE = struct.Struct("<QI")  # offset, length: with the ref key, what index and header agree on
 
 
@@ -81,15 +82,17 @@ class _PackReport:
 def _each_pack(repo: Repository, present: dict[str, int], indexed_per_pack: Counter,
                read_data: bool, followed: set[str], stored: RefSet,
                digests: dict) -> Iterator[_PackReport]:
-    """Each pack's report in name order. Headers are checked here against the
-    index (one thread: the index); with `read_data` the packs are read in
-    worker threads, READ_AHEAD at most ahead of this one."""
+    """Each pack's report in name order. Headers are read in worker threads
+    (`_headers`) and checked here against the index (one thread: the index);
+    with `read_data` the packs are read in worker threads too, READ_AHEAD at
+    most ahead of this one."""
     pending: deque = deque()
-    pool = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="pkvc-check") if read_data else None
+    pool = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="pkvc-check")
+    headers = _headers(repo, present, pool)
     try:
-        for pack_id, size in sorted(present.items()):
+        for pack_id, header in headers:
             found = _PackReport()
-            entries = _check_pack(repo, pack_id, size, indexed_per_pack.get(pack_id, 0), found,
+            entries = _check_pack(repo, pack_id, header, indexed_per_pack.get(pack_id, 0), found,
                                   digests.pop(pack_id, None))
             if entries is None or not read_data:
                 pending.append((pack_id, found, None))
@@ -101,11 +104,27 @@ def _each_pack(repo: Repository, present: dict[str, int], indexed_per_pack: Coun
         while pending:
             yield _finish(repo, stored, *pending.popleft(), followed)
     finally:
+        headers.close()
         for _, _, future in pending:
             if future is not None:
                 future.cancel()
-        if pool is not None:
-            pool.shutdown(wait=True)
+        pool.shutdown(wait=True)
+
+
+def _headers(repo: Repository, present: dict[str, int], pool) -> Iterator[tuple[str, Future]]:
+    """(pack id, its header being read) in name order, HEADERS_AHEAD read ahead:
+    the reads and their decryption leave the thread that checks them."""
+    ahead: deque = deque()
+    try:
+        for pack_id, size in sorted(present.items()):
+            ahead.append((pack_id, pool.submit(repo.read_pack_header, pack_id, size)))
+            if len(ahead) > HEADERS_AHEAD:
+                yield ahead.popleft()
+        while ahead:
+            yield ahead.popleft()
+    finally:
+        for _, future in ahead:
+            future.cancel()
 
 
 def _finish(repo: Repository, stored: RefSet, pack_id: str, found: _PackReport, future,
@@ -155,11 +174,11 @@ def _count_index(repo: Repository, present: dict[str, int], report: CheckReport,
     return per_pack, missing, stored
 
 
-def _check_pack(repo: Repository, pack_id: str, size: int, indexed: int, found: _PackReport,
-                digest) -> list[PackEntry] | None:
+def _check_pack(repo: Repository, pack_id: str, header: Future, indexed: int,
+                found: _PackReport, digest) -> list[PackEntry] | None:
     """The header against the index; its entries, or None if it cannot be read."""
     try:
-        entries = repo.read_pack_header(pack_id, size)
+        entries = header.result()
     except (IntegrityError, BackendError) as e:
         found.lines.append(f"pack {pack_id}: {e}")
         return None

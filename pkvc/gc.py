@@ -145,6 +145,26 @@ class BlobTable:
         i = found[1].index(key)
         return found[0] + i if i >= 0 else -1
 
+    def ordinal_finder(self) -> Callable[[bytes], int]:
+        """`ordinal`, faster for keys given in ascending order (as the index
+        lists them): each is first tried just after the last one found of its
+        width, and only bisected for when it is not there."""
+        after: dict[int, int] = {}
+
+        def find(key: bytes) -> int:
+            found = self._groups.get(len(key))
+            if found is None:
+                return -1
+            base, g = found
+            i = after.get(g.width, 0)
+            if not (i < len(g) and g[i] == key):
+                i = g.index(key)
+                if i < 0:
+                    return -1
+            after[g.width] = i + 1
+            return base + i
+        return find
+
     def key(self, o: int) -> bytes:
         for base, g in reversed(self._order):
             if o >= base:
@@ -216,8 +236,9 @@ class Rows:
         number: dict[str, int] = {}
         self.ords, self.packs, self.lengths = array("i"), array("I"), array("I")
         self.primary = bytearray()
+        ordinal = table.ordinal_finder()
         for key, loc, primary in repo.all_locations():
-            o = table.ordinal(key)
+            o = ordinal(key)
             if o < 0:
                 continue  # written after the gc began: never touched, never needed
             p = number.get(loc.pack_id)
@@ -286,9 +307,7 @@ def claim_roots(repo: Repository, clock: Callable[[], int] = time.time_ns) -> It
                              "claims; run `pkvc check` before gc")
     for identity in list_identities(repo):
         yield identity.public_key_ref
-    for key, loc, _ in repo.all_locations(copies=False):
-        if loc.kind != KIND_SIGNED:
-            continue
+    for key in repo.signed_keys():
         ref = BlobRef.from_key(key)
         if index.permanode(ref) is not None and not index.is_deleted(ref):
             yield ref
@@ -401,24 +420,31 @@ class _Run:
         self.live = Bits(self.table.n)
 
     def refs_of(self, keys: Iterable[bytes]) -> list[bytes]:
-        """The refs the given schema blobs hold, read in pack order, batched. A
-        blob that is not valid schema holds none; nor does one removed meanwhile
-        (by a plan this gc finished): what held it is garbage."""
+        """The refs the given schema blobs hold: from the refs cache
+        (`Repository.known_refs`), else read in pack order, batched, and then
+        cached. A blob that is not valid schema holds none; nor does one removed
+        meanwhile (by a plan this gc finished): what held it is garbage."""
         found: list[bytes] = []
         located, elsewhere = [], []
         for key in keys:
+            known = self.repo.known_refs(key)
+            if known is not None:
+                found += known
+                continue
             o = self.table.ordinal(key)
             if o >= 0:
                 located.append((BlobRef.from_key(key), self.places.location(o)))
             else:
                 elsewhere.append(BlobRef.from_key(key))  # written after the gc began
         try:
-            for _, data in chain(self.repo.read_located(located, skip_missing=True),
-                                 self.repo.get_many(elsewhere, skip_missing=True)):
+            for ref, data in chain(self.repo.read_located(located, skip_missing=True),
+                                   self.repo.get_many(elsewhere, skip_missing=True)):
                 try:
-                    found += [r.to_key() for r in walk_refs(data)]
+                    held = [r.to_key() for r in walk_refs(data)]
                 except (SchemaError, ValueError, TypeError):
-                    continue
+                    held = []
+                self.repo.record_refs(ref.to_key(), held)
+                found += held
         except BackendError as e:
             raise IntegrityError(f"gc cannot read a blob it must follow ({e}); "
                                  "run `pkvc check`") from e

@@ -84,14 +84,10 @@ def _copy_key(ref_key: bytes, raw_pack_id: bytes) -> bytes:
 
 
 def _prefix_scan(db, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
-    it = db.iter()
-    it.seek(prefix)
-    while it.valid():
-        key = it.key()
+    for key, value in db.items(from_key=prefix):  # (one call per row, not four)
         if not key.startswith(prefix):
             break
-        yield key, it.value()
-        it.next()
+        yield key, value
 
 
 def _options(readonly: bool) -> Options:
@@ -241,6 +237,15 @@ class Index:
         for key, value in self._scan(_BLOB):
             if value[32:33] == kind_byte and not (hidden and key[1:] in hidden):
                 yield BlobRef.from_key(key[1:]), value[:32].hex()
+
+    def keys_of_kind(self, kind: int) -> Iterator[bytes]:
+        """Ref key of every indexed blob (primary copy) of one kind, hidden or
+        not, in key order; no row is decoded."""
+        self.flush()
+        kind_byte = bytes([kind])
+        for key, value in self._scan(_BLOB):
+            if value[32:33] == kind_byte:
+                yield key[1:]
 
     def all_blobs(self) -> Iterator[tuple[bytes, Location]]:
         """(ref key, primary location) of every indexed blob, hidden or not, in key order."""

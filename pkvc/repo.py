@@ -103,6 +103,10 @@ class Config:
         return config
 
 
+REFS_TABLE = "refs"  # schema-blob ref key -> the ref keys it holds (`record_refs`)
+REFS_TABLE_NAME = REFS_TABLE.encode()
+
+
 def sniff_kind(data) -> int:
     """Schema blobs are JSON objects with camliVersion; signed ones carry camliSig."""
     head = bytes(data[:128])
@@ -294,8 +298,12 @@ class Repository:
 
     # -- the blob API --------------------------------------------------
 
-    def put(self, data, ref: BlobRef | None = None, kind: int | None = None) -> BlobRef:
-        """Store `data` unless present; returns its ref. A given `ref` must match."""
+    def put(self, data, ref: BlobRef | None = None, kind: int | None = None,
+            refs: list[BlobRef] | None = None) -> BlobRef:
+        """Store `data` unless present; returns its ref. A given `ref` must match.
+
+        `refs`: for a schema blob whose writer knows them, exactly the refs it
+        holds (as `walk_refs` gives them), kept in the refs cache for gc."""
         if not self._lease_enabled:
             raise UsageError("this repository was opened read-only (lease=False): "
                              "it cannot store blobs")
@@ -308,6 +316,8 @@ class Repository:
         if self.has(ref):
             return ref
         self._add(ref, data, sniff_kind(data) if kind is None else kind)
+        if refs is not None:
+            self.record_refs(ref.to_key(), [r.to_key() for r in refs])
         self.stats.blobs += 1
         self.stats.raw_bytes += len(data)
         return ref
@@ -513,6 +523,12 @@ class Repository:
         self.flush()
         return self.index.blobs()
 
+    def signed_keys(self) -> Iterator[bytes]:
+        """The ref key of every blob whose primary copy is signed, in key order
+        (hidden ones too, like `all_locations`)."""
+        self.flush()
+        return self.index.keys_of_kind(KIND_SIGNED)
+
     def all_locations(self, copies: bool = True) -> Iterator[tuple[bytes, Location, bool]]:
         """(ref key, location, is primary) of every blob's primary copy in key
         order, then (with `copies`) of every other copy. No BlobRef is made:
@@ -615,6 +631,28 @@ class Repository:
         must be able to rebuild it from the blobs.
         """
         return CacheTable(self.index, name.encode())
+
+    def record_refs(self, key: bytes, ref_keys: list[bytes]) -> None:
+        """Remember which refs (keys) the schema blob with ref key `key` holds.
+
+        The refs cache: a derived table (`reindex` empties it), so a missing
+        row only means the blob must be read. Rows are keyed by the blob's own
+        ref and blobs are immutable, so a row, once right, stays right."""
+        if all(len(k) < 256 for k in ref_keys):  # (else no row: the blob is read)
+            self.index.table_put(REFS_TABLE_NAME, key,
+                                 b"".join([bytes((len(k),)) + k for k in ref_keys]))
+
+    def known_refs(self, key: bytes) -> list[bytes] | None:
+        """The ref keys `record_refs` kept for this blob; None if it has no row."""
+        row = self.index.table_get(REFS_TABLE_NAME, key)
+        if row is None:
+            return None
+        found, at = [], 0
+        while at < len(row):
+            end = at + 1 + row[at]
+            found.append(row[at + 1:end])
+            at = end
+        return found
 
     def _open_index(self) -> Index:
         try:

@@ -54,8 +54,9 @@ _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_C
 
 
 class BlobSink(Protocol):
-    def put(self, data: bytes) -> BlobRef:
-        """Store a schema blob unless already there; return its ref."""
+    def put(self, data: bytes, refs: list[BlobRef] | None = None) -> BlobRef:
+        """Store a schema blob unless already there; return its ref. `refs`,
+        when given, are exactly the refs it holds (a hint the sink may keep)."""
 
     def put_data(self, data: bytes) -> BlobRef:
         """Store file content: never treated as schema, whatever it looks like."""
@@ -146,7 +147,7 @@ def put_stream(read: Callable[[int], bytes], sink: BlobSink, name: bytes | None 
     """Store a stream (e.g. stdin) as a `file` blob without Unix metadata."""
     parts = [Part(p.size, blob_ref=sink.put_data(p.data)) for p in chunk_stream(read, chunker)]
     parts = fit_parts(parts, sink, max_parts)
-    return _put_schema(sink, FileBlob(name, tuple(parts)).to_json())
+    return _put_blob(sink, FileBlob(name, tuple(parts)))
 
 
 def fit_parts(parts: list[Part], sink: BlobSink, max_parts: int = MAX_PARTS) -> list[Part]:
@@ -160,14 +161,19 @@ def fit_parts(parts: list[Part], sink: BlobSink, max_parts: int = MAX_PARTS) -> 
 
 
 def _bytes_part(group: list[Part], sink: BlobSink) -> Part:
-    ref = _put_schema(sink, BytesBlob(tuple(group)).to_json())
+    ref = _put_blob(sink, BytesBlob(tuple(group)))
     return Part(parts_size(group), bytes_ref=ref)
 
 
-def _put_schema(sink: BlobSink, data: bytes) -> BlobRef:
+def _put_blob(sink: BlobSink, blob) -> BlobRef:
+    """Store a schema object, telling the sink the refs it holds (for gc)."""
+    return _put_schema(sink, blob.to_json(), blob.refs())
+
+
+def _put_schema(sink: BlobSink, data: bytes, refs: list[BlobRef] | None = None) -> BlobRef:
     if len(data) > MAX_SCHEMA_BLOB_SIZE:
         raise PkvcError(f"internal error: a schema blob of {len(data)} bytes passes 1 MiB")
-    return sink.put(data)
+    return sink.put(data, refs=refs)
 
 
 def link_group(st: os.stat_result) -> str | None:
@@ -334,7 +340,7 @@ class _Walker:
         for data in reversed(sets):  # sub-sets before the set that names them
             _put_schema(self.sink, data)
         meta = UnixMeta.from_stat(frame.st, owner, group)
-        ref = _put_schema(self.sink, DirectoryBlob(frame.name, BlobRef.of(sets[0]), meta).to_json())
+        ref = _put_blob(self.sink, DirectoryBlob(frame.name, BlobRef.of(sets[0]), meta))
         if cache is not None:
             cache.record_dir(frame.path, key, ref)
         return ref
@@ -389,11 +395,11 @@ class _Walker:
             if statmod.S_ISLNK(mode):
                 target = os.readlink(name, dir_fd=dir_fd)
                 self.result.symlinks += 1
-                return _put_schema(self.sink, SymlinkBlob(name, target, self._meta(st)).to_json())
+                return _put_blob(self.sink, SymlinkBlob(name, target, self._meta(st)))
             if statmod.S_ISFIFO(mode) or statmod.S_ISSOCK(mode):
                 kind = "fifo" if statmod.S_ISFIFO(mode) else "socket"
                 self.result.specials += 1
-                return _put_schema(self.sink, SpecialBlob(kind, name, self._meta(st)).to_json())
+                return _put_blob(self.sink, SpecialBlob(kind, name, self._meta(st)))
         except OSError as e:
             self._skip(path, e.strerror or str(e))
             return None
@@ -414,7 +420,7 @@ class _Walker:
             os.close(fd)
         parts = fit_parts(parts, self.sink, self.max_parts)
         blob = FileBlob(name, tuple(parts), self._meta(st), link_group=link_group(st))
-        ref = _put_schema(self.sink, blob.to_json())
+        ref = _put_blob(self.sink, blob)
         if self.stat_cache is not None:
             self.stat_cache.record(path, st, ref)
         self.result.files += 1

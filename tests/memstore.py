@@ -11,7 +11,7 @@ class MemStore:
         self.blobs: dict[BlobRef, bytes] = {}
         self.puts = 0
 
-    def put(self, data: bytes) -> BlobRef:
+    def put(self, data: bytes, refs=None) -> BlobRef:
         ref = BlobRef.of(data)
         self.puts += 1
         self.blobs.setdefault(ref, bytes(data))

@@ -251,6 +251,16 @@ def test_blob_table_finds_every_key_and_nothing_else():
     assert RefSet.from_bytes(s.to_bytes()).keys().__next__() == next(s.keys())
 
 
+def test_the_ordinal_finder_agrees_with_ordinal_in_any_order():
+    refs = sorted({BlobRef.of(os.urandom(8)) for _ in range(5000)} | {BlobRef("sha1", "ab" * 20)},
+                  key=lambda r: r.to_key())
+    table = BlobTable.build((r.to_key(), 0) for r in refs[::2])
+    absent = BlobRef.of(b"absent").to_key()
+    keys = [r.to_key() for r in refs] + [absent] + [r.to_key() for r in refs[::-7]]
+    find = table.ordinal_finder()  # in order, with gaps; then out of order
+    assert [find(k) for k in keys] == [table.ordinal(k) for k in keys]
+
+
 # -- plans, leases and writers ------------------------------------------------------------------
 
 def _garbage_world(repo):

@@ -266,9 +266,9 @@ class Packer:
     def _write_blobs(self, pack: _OpenPack, blobs: list[bytes]) -> None:
         if pack.upload is None:
             pack.upload = self._open_upload()
-        for blob in blobs:
-            pack.upload.write(blob)
-            pack.hash.update(blob)
+        data = blobs[0] if len(blobs) == 1 else b"".join(blobs)  # one call, not one per blob
+        pack.upload.write(data)
+        pack.hash.update(data)
 
     def _finish_and_store(self, pack: _OpenPack) -> FinishedPack:
         tail = pack_tail(self._key, pack.entries)

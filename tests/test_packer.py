@@ -23,6 +23,7 @@ from pkvc.check import check_repository
 from pkvc.chunker import KiB, ChunkerParams
 from pkvc.errors import BackendError
 from pkvc.pack import KIND_DATA, pack_name
+from pkvc import packer as packer_mod
 from pkvc.repo import Repository
 from pkvc.restore import read_file_bytes
 from pkvc.tree import put_path
@@ -51,7 +52,9 @@ def _rich_tree_with_data(root: Path) -> Path:
     return root
 
 
-def test_same_refs_as_a_single_threaded_store_and_every_blob_once(tmp_path):
+@pytest.mark.parametrize("sealers", [1, 3])
+def test_same_refs_as_a_single_threaded_store_and_every_blob_once(tmp_path, monkeypatch, sealers):
+    monkeypatch.setattr(packer_mod, "SEAL_THREADS", sealers)
     src = _rich_tree_with_data(tmp_path / "src")
     expected = put_path(src, MemStore(), chunker=SMALL_CHUNKS)
     with _create(tmp_path) as repo:

@@ -692,8 +692,8 @@ class _Run:
         plan.tombstones = tuple(plan.tombstones) + (pack.pack_id,)
         self.repo.plans.publish(plan)  # named before it exists: no writer ever relies on it
         self.repo.store_pack(pack)
-        present[pack.pack_id] = len(pack.data)
-        self.summary.bytes_freed -= len(pack.data)
+        present[pack.pack_id] = pack.size
+        self.summary.bytes_freed -= pack.size
         return tombstones + [pack.pack_id]
 
     # -- waiting for writers -------------------------------------------------------------------------

@@ -67,8 +67,9 @@ def pack_id_from_name(name: str) -> str:
 @dataclass
 class FinishedPack:
     pack_id: str
-    data: bytes | bytearray  # never changed once finished
+    data: bytes | bytearray | None  # never changed once finished; None once streamed out
     entries: list[PackEntry]
+    size: int  # bytes of the whole pack
 
 
 def seal_blob(data_key: bytes, compressor: zstandard.ZstdCompressor, ref: BlobRef,
@@ -123,14 +124,18 @@ class PackWriter:
         The pack's bytes are the writer's own buffer, handed over without a
         copy (16 MiB less at peak); the writer starts a new one.
         """
-        header = crypto.seal(self._key, encode_header(self._entries), HEADER_AD)
-        self._buf += header
-        self._buf += _TRAILER.pack(len(header))
+        self._buf += pack_tail(self._key, self._entries)
         data = self._buf
-        pack = FinishedPack(hashlib.sha256(data).hexdigest(), data, self._entries)
+        pack = FinishedPack(hashlib.sha256(data).hexdigest(), data, self._entries, len(data))
         self._buf = bytearray()
         self._entries = []
         return pack
+
+
+def pack_tail(data_key: bytes, entries: list[PackEntry]) -> bytes:
+    """What follows a pack's blobs: its sealed header, then the header's length."""
+    header = crypto.seal(data_key, encode_header(entries), HEADER_AD)
+    return header + _TRAILER.pack(len(header))
 
 
 def encode_header(entries: list[PackEntry]) -> bytes:

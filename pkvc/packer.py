@@ -6,11 +6,14 @@ batches for a small pool of threads that compress and seal them, while the
 caller goes on reading and hashing files. The caller's thread appends the
 sealed results to the packs in the order the blobs were added, so which
 blob lands in which pack never depends on thread timing; one more thread
-writes each full pack to the backend (write, fsync) while the next fills.
+writes them to the backend as they come (`Backend.upload`: a local backend
+appends to a temp file) and, once a pack is full, its header, fsync and
+name (the hash of its bytes).
 
 Memory stays bounded: at most `MAX_IN_FLIGHT` bytes of blobs wait for the
-pool (the caller waits beyond that), and one full pack at a time is being
-stored while the next ones (data, schema) fill.
+pool (the caller waits beyond that), and at most `MAX_UNWRITTEN` bytes of
+sealed blobs wait for the store thread. No pack is ever held whole in
+memory (it was: 16 MiB filling plus 16 MiB being stored).
 
 Schema blobs (file, directory, static-set, bytes; signed claims) go to
 packs of their own, apart from file data, as restic keeps tree packs apart
@@ -26,6 +29,7 @@ indexed.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from collections import deque
@@ -36,36 +40,59 @@ from contextlib import contextmanager
 import zstandard
 
 from pkvc.blobref import BlobRef
-from pkvc.pack import KIND_DATA, ZSTD_LEVEL, FinishedPack, PackWriter, seal_blob
+from pkvc.errors import BackendError
+from pkvc.pack import (KIND_DATA, ZSTD_LEVEL, FinishedPack, PackEntry, pack_name, pack_tail,
+                       seal_blob)
 
 BATCH_BYTES = 1024 * 1024  # a batch is handed to the pool at this size...
 BATCH_BLOBS = 256  # ...or at this many blobs (small files: one blob each)
 MAX_IN_FLIGHT = 8 * 1024 * 1024  # bytes of blobs queued or being sealed
-SEAL_THREADS = max(1, min(4, os.cpu_count() or 1))
+MAX_UNWRITTEN = 8 * 1024 * 1024  # bytes of sealed blobs queued for the store thread
+# The caller's thread keeps one core busy (walk, read, chunk, hash): one
+# sealer per other core. On 2 cores a second sealer only waits for the GIL
+# and adds a malloc arena (600 MB bench: 121-128 MiB peak instead of
+# 135-149, wall the same or less).
+SEAL_THREADS = max(1, min(4, (os.cpu_count() or 2) - 1))
 
 _Batch = list[tuple[BlobRef, bytes, int]]  # (ref, bytes, kind), as added
 _Sealed = list[tuple[int, bytes, int]]  # (compression, sealed bytes, raw length)
 
 
+class _OpenPack:
+    """A pack being filled: its entries and size (the caller's thread), its
+    upload and running hash (the store thread, which alone touches them)."""
+
+    def __init__(self):
+        self.entries: list[PackEntry] = []
+        self.size = 0
+        self.upload = None
+        self.hash = hashlib.sha256()
+        self.committed = False
+
+
 class Packer:
     """Blobs in, stored packs out; one caller thread at a time.
 
-    `store(pack)` writes a finished pack (on the store thread); `stored(pack)`
-    is then called on the caller's thread, in pack order, to index it.
+    `open_upload()` gives a backend `Upload` for a new pack (called on the
+    store thread); `stored(pack)` is then called on the caller's thread, in
+    pack order, to index it.
     """
 
-    def __init__(self, data_key: bytes, pack_size: int, store: Callable[[FinishedPack], None],
-                 stored: Callable[[FinishedPack], None], *, threads: int = SEAL_THREADS,
+    def __init__(self, data_key: bytes, pack_size: int, open_upload: Callable[[], object],
+                 stored: Callable[[FinishedPack], None], *, threads: int | None = None,
                  level: int = ZSTD_LEVEL):
         self._key, self._pack_size, self._level = data_key, pack_size, level
-        self._store, self._stored = store, stored
-        self._threads = threads
-        self._writers = {False: PackWriter(data_key), True: PackWriter(data_key)}  # by is-schema
+        self._open_upload, self._stored = open_upload, stored
+        self._threads = threads or SEAL_THREADS
+        self._packs = {False: _OpenPack(), True: _OpenPack()}  # by is-schema
         self._batch: _Batch = []
         self._batch_bytes = 0
         self._sealing: deque[tuple[list[tuple[BlobRef, int]], int, Future]] = deque()
         self._in_flight = 0
-        self._storing: deque[Future] = deque()
+        self._storing: deque[tuple[Future, int]] = deque()  # (future, bytes it writes)
+        self._store_failed = False  # set on the store thread: it then does nothing more
+        self._unwritten = 0
+        self._shipped: list[_OpenPack] = []  # full, not yet known stored
         self._seal_pool: ThreadPoolExecutor | None = None
         self._store_pool: ThreadPoolExecutor | None = None
         self._local = threading.local()
@@ -74,7 +101,7 @@ class Packer:
     def pending(self) -> bool:
         """Whether some blob added is not stored yet."""
         return bool(self._batch or self._sealing or self._storing
-                    or any(len(w) for w in self._writers.values()))
+                    or any(p.entries for p in self._packs.values()))
 
     def add(self, ref: BlobRef, raw, kind: int) -> None:
         """Queue one blob (its bytes must not change afterwards: they are copied
@@ -93,8 +120,8 @@ class Packer:
         with self._aborting_on_error():
             self._submit()
             self._collect(wait=True)
-            for schema, writer in self._writers.items():
-                if len(writer):
+            for schema, pack in self._packs.items():
+                if pack.entries:
                     self._ship(schema)
             self._reap(wait=True)
 
@@ -102,22 +129,28 @@ class Packer:
         """Drop whatever is not stored yet (waits for running work to end);
         packs already stored are indexed."""
         self._batch, self._batch_bytes = [], 0
-        futures = [f for _, _, f in self._sealing] + list(self._storing)
+        futures = [f for _, _, f in self._sealing] + [f for f, _ in self._storing]
         for f in futures:
             f.cancel()
         for f in futures:
             if not f.cancelled():
                 f.exception()  # wait; the error, if any, was raised already
-        stored = [f.result() for f in self._storing if not f.cancelled() and not f.exception()]
+        stored = [f.result() for f, _ in self._storing
+                  if not f.cancelled() and not f.exception() and f.result() is not None]
         self._sealing.clear()
         self._storing.clear()
+        for pack in self._shipped + list(self._packs.values()):
+            if pack.upload is not None and not pack.committed:
+                pack.upload.abort()  # no thread uses it any more
         for pack in stored:
             try:
                 self._stored(pack)
             except Exception:
                 break  # the error being raised says more; the next open indexes it
-        self._in_flight = 0
-        self._writers = {False: PackWriter(self._key), True: PackWriter(self._key)}
+        self._in_flight = self._unwritten = 0
+        self._store_failed = False
+        self._shipped = []
+        self._packs = {False: _OpenPack(), True: _OpenPack()}
 
     def close(self) -> None:
         """Stop the threads (after `flush` or `abort`)."""
@@ -159,32 +192,55 @@ class Packer:
             sealed = future.result()
             self._sealing.popleft()
             self._in_flight -= size
+            blobs: dict[bool, list[bytes]] = {False: [], True: []}
             for (ref, kind), (compression, blob, raw_length) in zip(refs, sealed):
                 schema = kind != KIND_DATA
-                writer = self._writers[schema]
-                writer.append(ref, kind, compression, blob, raw_length)
-                if writer.size >= self._pack_size:
+                pack = self._packs[schema]
+                pack.entries.append(PackEntry(ref, kind, compression, pack.size, len(blob),
+                                              raw_length))
+                pack.size += len(blob)
+                blobs[schema].append(blob)
+                if pack.size >= self._pack_size:
+                    self._write(pack, blobs[schema])
+                    blobs[schema] = []
                     self._ship(schema)
+            for schema, pending in blobs.items():
+                if pending:
+                    self._write(self._packs[schema], pending)
         self._reap(wait=False)
 
-    def _ship(self, schema: bool) -> None:
-        """Hand a full writer to the store thread, once the previous pack is stored."""
-        writer = self._writers[schema]
-        self._writers[schema] = PackWriter(self._key)
-        while len(self._storing) >= 1:
+    def _write(self, pack: _OpenPack, blobs: list[bytes]) -> None:
+        """Queue sealed blobs for the store thread, waiting while too many are queued."""
+        size = sum(len(b) for b in blobs)
+        while self._storing and self._unwritten + size > MAX_UNWRITTEN:
             self._reap_one()
+        self._queue_store(self._write_blobs, pack, blobs, size=size)
+
+    def _ship(self, schema: bool) -> None:
+        """The pack is full: the store thread finishes and names it."""
+        pack = self._packs[schema]
+        self._packs[schema] = _OpenPack()
+        self._shipped.append(pack)
+        self._queue_store(self._finish_and_store, pack)
+
+    def _queue_store(self, work, *args, size: int = 0) -> None:
         if self._store_pool is None:
             self._store_pool = ThreadPoolExecutor(1, thread_name_prefix="pkvc-store")
-        self._storing.append(self._store_pool.submit(self._finish_and_store, writer))
+        self._storing.append((self._store_pool.submit(self._on_store_thread, work, *args), size))
+        self._unwritten += size
 
     def _reap(self, wait: bool) -> None:
-        while self._storing and (wait or self._storing[0].done()):
+        while self._storing and (wait or self._storing[0][0].done()):
             self._reap_one()
 
     def _reap_one(self) -> None:
-        pack = self._storing[0].result()
+        future, size = self._storing[0]
+        pack = future.result()
         self._storing.popleft()
-        self._stored(pack)
+        self._unwritten -= size
+        if pack is not None:
+            self._shipped.pop(0)  # the store thread finishes packs in the order shipped
+            self._stored(pack)
 
     # -- the pool's threads ---------------------------------------------
 
@@ -198,10 +254,30 @@ class Packer:
             sealed.append((*seal_blob(self._key, compressor, ref, raw), len(raw)))
         return sealed
 
-    def _finish_and_store(self, writer: PackWriter) -> FinishedPack:
-        pack = writer.finish()
-        self._store(pack)
-        return pack
+    # -- the store thread -----------------------------------------------
 
+    def _on_store_thread(self, work, *args):
+        """After one failure nothing more is written: a later write to another
+        temp file, or a commit, could make a pack with blobs missing."""
+        if self._store_failed:
+            raise BackendError("not written: an earlier write failed")
+        try:
+            return work(*args)
+        except BaseException:
+            self._store_failed = True
+            raise
 
+    def _write_blobs(self, pack: _OpenPack, blobs: list[bytes]) -> None:
+        if pack.upload is None:
+            pack.upload = self._open_upload()
+        data = blobs[0] if len(blobs) == 1 else b"".join(blobs)  # one call, not one per blob
+        pack.upload.write(data)
+        pack.hash.update(data)
 
+    def _finish_and_store(self, pack: _OpenPack) -> FinishedPack:
+        tail = pack_tail(self._key, pack.entries)
+        self._write_blobs(pack, [tail])
+        pack_id = pack.hash.hexdigest()
+        pack.upload.commit(pack_name(pack_id))
+        pack.committed = True
+        return FinishedPack(pack_id, None, pack.entries, pack.size + len(tail))

@@ -147,8 +147,8 @@ class Repository:
         # Blobs added but not yet stored and indexed: queued in the packer,
         # being sealed, in a pack filling or being written (pkvc.packer).
         self._unflushed: set[BlobRef] = set()
-        self._packer = Packer(self._data_key, config.pack_size, self._store_only,
-                              self._pack_stored)
+        self._packer = Packer(self._data_key, config.pack_size,
+                              lambda: self.backend.upload("packs"), self._pack_stored)
         self._packs_written: list[str] = []
         self._index_unsaved = False
         self.stats = WriteStats()
@@ -577,14 +577,10 @@ class Repository:
         self._index_unsaved = False
         return self._packs_written[-1] if len(self._packs_written) > first else None
 
-    def _store_only(self, pack: FinishedPack) -> None:
-        """Runs on the packer's store thread: the backend call only."""
-        self.backend.store(pack_name(pack.pack_id), pack.data)
-
     def _pack_stored(self, pack: FinishedPack) -> None:
         """Back on the caller's thread: index the stored pack (the index is
         written to disk at `flush`, or when its buffer is full)."""
-        self.index.add_pack(pack.pack_id, len(pack.data), pack.entries)
+        self.index.add_pack(pack.pack_id, pack.size, pack.entries)
         for e in pack.entries:
             self._unflushed.discard(e.ref)
         self._packs_written.append(pack.pack_id)
@@ -598,7 +594,7 @@ class Repository:
         """Store a finished pack, then index it (an interruption between the
         two only costs the next open a header read)."""
         self.backend.store(pack_name(pack.pack_id), pack.data)
-        self.index.add_pack(pack.pack_id, len(pack.data), pack.entries)
+        self.index.add_pack(pack.pack_id, pack.size, pack.entries)
         self.index.flush()
 
     def seal_pack(self, blobs: Iterable[tuple[BlobRef, bytes, int]]) -> FinishedPack:
@@ -836,7 +832,7 @@ class Repacker:
         pack = self._writer.finish()
         self._repo.store_pack(pack)
         self.written.append(pack.pack_id)
-        self.bytes_written += len(pack.data)
+        self.bytes_written += pack.size
         self._refs.clear()
         return pack.pack_id
 

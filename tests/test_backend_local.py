@@ -5,6 +5,7 @@ import os
 import pytest
 
 from pkvc.backends import open_backend
+from pkvc.backends.base import Backend
 from pkvc.backends.local import LocalBackend
 from pkvc.errors import BackendError, UsageError
 
@@ -61,3 +62,46 @@ def test_create_refuses_a_non_empty_directory(tmp_path):
     with pytest.raises(Exception) as info:
         LocalBackend(tmp_path).create()
     assert "not empty" in str(info.value)
+
+
+def test_an_upload_is_named_only_at_commit_and_leaves_no_temp(backend):
+    backend.create(folders=("packs",))
+    upload = backend.upload("packs")
+    upload.write(b"head-")
+    upload.write(memoryview(b"tail"))
+    assert list(backend.list("packs/")) == []  # nothing visible before commit
+    upload.commit("packs/ab/abcdef")
+    upload.abort()  # after commit: nothing to drop
+    assert backend.load("packs/ab/abcdef") == b"head-tail"
+    assert [p.name for p in (backend.root / "packs").rglob(".tmp-*")] == []
+
+
+def test_an_aborted_upload_leaves_nothing(backend):
+    backend.create(folders=("packs",))
+    upload = backend.upload("packs")
+    upload.write(b"half a pack")
+    upload.abort()
+    assert list(backend.list("packs/")) == []
+    assert list((backend.root / "packs").iterdir()) == []
+    with pytest.raises(BackendError):
+        backend.upload("../outside")
+
+
+class _WholeObjectsOnly(LocalBackend):
+    """A backend that only knows `store`: uploads go through the base class."""
+
+    upload = Backend.upload
+
+
+def test_a_backend_without_uploads_stores_the_whole_object_at_commit(tmp_path):
+    backend = _WholeObjectsOnly(tmp_path / "repo")
+    upload = backend.upload("packs")
+    upload.write(b"one ")
+    upload.write(bytearray(b"two"))
+    assert not backend.exists("packs/cd/cdef")
+    upload.commit("packs/cd/cdef")
+    assert backend.load("packs/cd/cdef") == b"one two"
+    dropped = backend.upload("packs")
+    dropped.write(b"x")
+    dropped.abort()
+    assert [o.name for o in backend.list("packs/")] == ["packs/cd/cdef"]

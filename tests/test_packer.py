@@ -4,6 +4,7 @@ Real repositories and real files; small packs so that many fill, and are
 stored, while blobs are still in flight.
 """
 
+import hashlib
 import json
 import os
 import subprocess
@@ -15,12 +16,14 @@ import pytest
 
 from fstree import make_rich_tree
 from memstore import MemStore
+from pkvc.backends.base import Backend
 from pkvc.backends.local import LocalBackend
 from pkvc.blobref import BlobRef
 from pkvc.check import check_repository
 from pkvc.chunker import KiB, ChunkerParams
 from pkvc.errors import BackendError
-from pkvc.pack import KIND_DATA
+from pkvc.pack import KIND_DATA, pack_name
+from pkvc import packer as packer_mod
 from pkvc.repo import Repository
 from pkvc.restore import read_file_bytes
 from pkvc.tree import put_path
@@ -49,7 +52,9 @@ def _rich_tree_with_data(root: Path) -> Path:
     return root
 
 
-def test_same_refs_as_a_single_threaded_store_and_every_blob_once(tmp_path):
+@pytest.mark.parametrize("sealers", [1, 3])
+def test_same_refs_as_a_single_threaded_store_and_every_blob_once(tmp_path, monkeypatch, sealers):
+    monkeypatch.setattr(packer_mod, "SEAL_THREADS", sealers)
     src = _rich_tree_with_data(tmp_path / "src")
     expected = put_path(src, MemStore(), chunker=SMALL_CHUNKS)
     with _create(tmp_path) as repo:
@@ -117,10 +122,28 @@ class _FullDisk(LocalBackend):
 
     def store(self, name, data):
         if name.startswith("packs/"):
-            if self.room <= 0:
-                raise BackendError(f"cannot write {name}: No space left on device")
-            self.room -= 1
+            self._use_room(name)
         super().store(name, data)
+
+    def upload(self, folder):
+        upload, backend = super().upload(folder), self
+
+        class Filling:
+            write, abort = upload.write, upload.abort
+
+            def commit(self, name):
+                try:
+                    backend._use_room(name)
+                except BackendError:
+                    upload.abort()
+                    raise
+                upload.commit(name)
+        return Filling()
+
+    def _use_room(self, name):
+        if self.room <= 0:
+            raise BackendError(f"cannot write {name}: No space left on device")
+        self.room -= 1
 
 
 def test_a_store_error_stops_the_walk_clearly_and_leaves_a_checkable_repository(tmp_path):
@@ -192,3 +215,77 @@ def test_an_unreadable_file_among_many_is_reported_and_the_rest_stored():
             assert check_repository(repo, read_data=True).ok
     finally:
         subprocess.run(["rm", "-rf", str(top)], check=True)
+
+
+class _WholeObjectsOnly(LocalBackend):
+    """A backend that can only store whole objects (the base class's uploads)."""
+
+    upload = Backend.upload
+
+
+def test_packs_stream_to_the_backend_or_go_whole_to_one_without_uploads(tmp_path):
+    src = _rich_tree_with_data(tmp_path / "src")
+    expected = put_path(src, MemStore(), chunker=SMALL_CHUNKS).ref
+    for name, backend in (("local", LocalBackend(tmp_path / "local")),
+                          ("whole", _WholeObjectsOnly(tmp_path / "whole"))):
+        repo = Repository.create(backend, PASSWORD, tmp_path / f"cache-{name}",
+                                 chunker=SMALL_CHUNKS, pack_size=64 * KiB)
+        with repo:
+            assert put_path(src, repo, chunker=SMALL_CHUNKS).ref == expected
+            repo.flush()
+            sizes = repo.list_packs()
+            assert len(sizes) > 10
+            for pid, size in sizes.items():  # named by their bytes' hash, sizes as indexed
+                data = backend.load(pack_name(pid))
+                assert hashlib.sha256(data).hexdigest() == pid and len(data) == size
+            assert check_repository(repo, read_data=True).ok
+        assert not list((tmp_path / name / "packs").rglob(".tmp-*"))
+
+
+class _FailingWrites(LocalBackend):
+    """A real local backend where one pack write fails, once, after `room`
+    writes: in the middle of a pack (`where="write"`) or when a pack's temp
+    file is made (`where="open"`); later calls would succeed again."""
+
+    def __init__(self, root, room: int, where: str = "write"):
+        super().__init__(root)
+        self.room, self.where = room, where
+
+    def _fails(self, where):
+        if where == self.where:
+            self.room -= 1
+            if self.room == -1:
+                raise BackendError("cannot write a pack: No space left on device")
+
+    def upload(self, folder):
+        self._fails("open")
+        upload, backend = super().upload(folder), self
+
+        class Filling:
+            commit, abort = upload.commit, upload.abort
+
+            def write(self, data):
+                try:
+                    backend._fails("write")
+                except BackendError:
+                    upload.abort()
+                    raise
+                upload.write(data)
+        return Filling()
+
+
+@pytest.mark.parametrize("where", ["write", "open"])
+def test_a_write_failing_inside_a_pack_stores_no_damaged_pack(tmp_path, where):
+    src = _rich_tree_with_data(tmp_path / "src")
+    backend = _FailingWrites(tmp_path / "repo", room=10**9, where=where)
+    repo = _create(tmp_path, backend)
+    backend.room = 25 if where == "write" else 3
+    with pytest.raises(BackendError, match="No space left on device"):
+        put_path(src, repo, chunker=SMALL_CHUNKS)
+        repo.flush()
+    repo.close()
+    assert not list((tmp_path / "repo" / "packs").rglob(".tmp-*"))
+    with Repository.open(LocalBackend(tmp_path / "repo"), PASSWORD, tmp_path / "cache2") as again:
+        assert again.list_packs()  # some were stored before the disk filled
+        report = check_repository(again, read_data=True)
+        assert report.ok, report.problems

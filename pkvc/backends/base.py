@@ -30,6 +30,41 @@ def validate_name(name: str) -> str:
     return name
 
 
+class Upload(ABC):
+    """An object written piece by piece and named once complete (a pack's
+    name is the hash of its bytes): nothing appears under any name before
+    `commit`, and `abort` leaves nothing behind."""
+
+    @abstractmethod
+    def write(self, data) -> None:
+        """Append bytes (not kept after the call returns)."""
+
+    @abstractmethod
+    def commit(self, name: str) -> None:
+        """Store what was written, atomically, as `name`."""
+
+    @abstractmethod
+    def abort(self) -> None:
+        """Drop what was written; after `commit`, does nothing."""
+
+
+class _BufferedUpload(Upload):
+    """For backends that can only store whole objects: keep the bytes, store at commit."""
+
+    def __init__(self, backend: "Backend"):
+        self._backend, self._buf = backend, bytearray()
+
+    def write(self, data) -> None:
+        self._buf += data
+
+    def commit(self, name: str) -> None:
+        self._backend.store(name, self._buf)
+        self._buf = bytearray()
+
+    def abort(self) -> None:
+        self._buf = bytearray()
+
+
 class Backend(ABC):
     """A dozen-verb store of named objects (borgstore's shape)."""
 
@@ -39,6 +74,13 @@ class Backend(ABC):
     @abstractmethod
     def store(self, name: str, data) -> None:
         """Write the object atomically; an existing object is replaced."""
+
+    def upload(self, folder: str) -> Upload:
+        """An `Upload` whose object will be named inside `folder` (a local
+        backend writes it to a temp file there as it comes: no copy of the
+        whole object in memory)."""
+        validate_name(folder)
+        return _BufferedUpload(self)
 
     @abstractmethod
     def load(self, name: str, offset: int = 0, length: int | None = None) -> bytes:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Iterator
 from urllib.parse import unquote, urlparse
 
-from pkvc.backends.base import Backend, ObjectInfo, validate_name
+from pkvc.backends.base import Backend, ObjectInfo, Upload, validate_name
 from pkvc.errors import BackendError, NoRepositoryError
 
 TEMP_PREFIX = ".tmp-"
@@ -53,6 +53,9 @@ class LocalBackend(Backend):
         except OSError as e:
             _unlink_quietly(tmp)
             raise BackendError(f"cannot write {path}: {e.strerror}") from e
+
+    def upload(self, folder: str) -> Upload:
+        return _FileUpload(self, self._path(folder))
 
     def load(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         path = self._path(name)
@@ -117,6 +120,52 @@ class LocalBackend(Backend):
                 (self.root / validate_name(folder)).mkdir()
         except OSError as e:
             raise BackendError(f"cannot create {self.location}: {e.strerror}") from e
+
+
+class _FileUpload(Upload):
+    """A temp file in the object's folder tree, written as bytes come;
+    `commit` is `store`'s fsync + rename + directory fsync."""
+
+    def __init__(self, backend: LocalBackend, folder: Path):
+        self._backend, self._fd = backend, -1
+        self._tmp: Path | None = folder / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as e:
+            raise BackendError(f"cannot write {self._tmp}: {e.strerror}") from e
+
+    def write(self, data) -> None:
+        try:
+            with memoryview(data) as view:
+                while view:
+                    written = os.write(self._fd, view)
+                    view = view[written:]
+        except OSError as e:
+            self.abort()
+            raise BackendError(f"cannot write {self._tmp}: {e.strerror}") from e
+
+    def commit(self, name: str) -> None:
+        path = self._backend._path(name)
+        try:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self._tmp, path)
+            self._tmp = None
+            _fsync_dir(path.parent)
+        except OSError as e:
+            self.abort()
+            raise BackendError(f"cannot write {path}: {e.strerror}") from e
+
+    def abort(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if self._tmp is not None:
+            _unlink_quietly(self._tmp)
+            self._tmp = None
 
 
 def _fsync_dir(path: Path) -> None:

@@ -549,6 +549,8 @@ def gc(ctx: typer.Context,
                 f"{summary.packs_deleted} packs deleted, {summary.packs_rewritten} rewritten; "
                 f"{summary.live_blobs} live blobs ({_size(summary.live_bytes)}), "
                 f"{_size(summary.bytes_unreachable)} unreachable left"
+                + (f"; removed {summary.stale_uploads} unfinished pack writes of killed "
+                   f"commands ({_size(summary.stale_upload_bytes)})" if summary.stale_uploads else "")
                 + ("; a plan is left for the next gc (writers still running)"
                    if summary.deferred else ""))
     _emit(ctx, summary, text)

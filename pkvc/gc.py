@@ -57,6 +57,7 @@ STEPS = ("locked", "marked", "resume-waited", "planned", "waiting", "waited", "r
          "copied-pack", "copied", "tombstone", "deleted-pack", "deleted",
          "tombstone-deleted", "plan-removed", "done")
 RootProvider = Callable[[], Iterable[BlobRef]]
+STALE_UPLOAD_AGE = 3600.0  # seconds since a pack temp file was last written
 
 
 # -- the result ---------------------------------------------------------------------
@@ -84,6 +85,8 @@ class GcSummary:
     plan: str | None = None  # id of the plan this gc published
     deferred: bool = False  # a plan is left for the next gc (writers still running)
     waited_for: int = 0  # leases waited for
+    stale_uploads: int = 0  # unfinished pack writes of killed writers removed
+    stale_upload_bytes: int = 0
     skipped: str | None = None  # why nothing was done (another gc runs)
     duration: float = 0.0
 
@@ -707,6 +710,16 @@ class _Run:
                 out.append(lease_id)
         return out
 
+    def remove_stale_uploads(self) -> None:
+        """Delete the half-written packs of killed writers. Only while no writer
+        holds a lease (a live one may keep a pack's temp file open, untouched,
+        through a long run of unchanged files), and only files older than
+        STALE_UPLOAD_AGE (a writer starting now makes new ones)."""
+        if self.active_leases(None):
+            return
+        count, size = self.repo.backend.remove_stale_uploads("packs", STALE_UPLOAD_AGE)
+        self.summary.stale_uploads, self.summary.stale_upload_bytes = count, size
+
     def record_waiting(self, plan: Plan) -> Plan:
         """List the leases that may have seen the plan's blobs as present (after
         the plan is published: a writer we miss here has seen the plan)."""
@@ -823,6 +836,7 @@ def _full_run(run: _Run) -> None:
     repo, summary = run.repo, run.summary
     run.fault("locked")
     repo.sessions.sweep_ended(keep=[run.lease.id])
+    run.remove_stale_uploads()
     run.prepare()
     run.mark_roots()
     run.fault("marked")

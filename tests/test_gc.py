@@ -401,3 +401,23 @@ def test_a_claim_on_a_permanode_a_running_gc_collects_is_refused(
     assert [s.name for s in list_series(repo)] == ["kept"]
     repo.close()
     assert_checks(repo_path, cache_dir)
+
+
+def test_gc_removes_old_unfinished_pack_writes_only_while_no_writer_runs(repo, repo_path,
+                                                                            cache_dir):
+    live, _ = _garbage_world(repo)
+    folder = repo_path / "packs" / "ab"
+    folder.mkdir(parents=True, exist_ok=True)
+    old, fresh = folder / ".tmp-killed", folder / ".tmp-running"
+    old.write_bytes(b"x" * 1000)
+    fresh.write_bytes(b"y" * 10)
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    writer = Repository.open(LocalBackend(repo_path), PASSWORD, cache_dir)
+    writer.put(b"a writer holds a lease")  # (it may hold a temp file, untouched for long)
+    assert gc(repo, [live], wait=0).stale_uploads == 0 and old.exists()
+    writer.close()
+    summary = gc(repo, [live])
+    assert (summary.stale_uploads, summary.stale_upload_bytes) == (1, 1000)
+    assert not old.exists() and fresh.exists()  # a writer starting now makes fresh ones
+    repo.close()
+    assert_checks(repo_path, cache_dir)

@@ -110,5 +110,12 @@ class Backend(ABC):
     def create(self, folders: tuple[str, ...] = ()) -> None:
         """Prepare an empty location; make `folders` where the store has folders."""
 
+    def remove_stale_uploads(self, folder: str, older_than: float) -> tuple[int, int]:
+        """Delete unfinished writes in `folder` (left by a killed process) last
+        touched more than `older_than` seconds ago: (how many, bytes). A store
+        that never shows unfinished writes has none."""
+        validate_name(folder)
+        return 0, 0
+
     def close(self) -> None:
         """Release connections; local backends have none."""

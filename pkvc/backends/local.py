@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import secrets
+import time
 from pathlib import Path
 from typing import Iterator
 from urllib.parse import unquote, urlparse
@@ -86,6 +87,24 @@ class LocalBackend(Backend):
                 yield from self._walk(Path(entry.path), f"{prefix}{entry.name}/")
             else:
                 yield ObjectInfo(prefix + entry.name, entry.stat(follow_symlinks=False).st_size)
+
+    def remove_stale_uploads(self, folder: str, older_than: float) -> tuple[int, int]:
+        cutoff, count, size = time.time() - older_than, 0, 0
+        for dirpath, _, names in os.walk(self._path(folder)):
+            for name in names:
+                path = os.path.join(dirpath, name)
+                if not name.startswith(TEMP_PREFIX):
+                    continue
+                try:
+                    st = os.lstat(path)
+                    if st.st_mtime < cutoff:
+                        os.unlink(path)
+                        count, size = count + 1, size + st.st_size
+                except FileNotFoundError:
+                    continue
+                except OSError as e:
+                    raise BackendError(f"cannot delete {path}: {e.strerror}") from e
+        return count, size
 
     def delete(self, name: str) -> None:
         path = self._path(name)

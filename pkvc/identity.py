@@ -30,16 +30,18 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from pkvc import crypto
 from pkvc.blobref import BlobRef
 from pkvc.errors import IntegrityError, PkvcError, UsageError
-from pkvc.gpg import GnupgHome, GpgSigner, open_signer
 from pkvc.pack import KIND_DATA
 from pkvc.repo import Repository
 from pkvc.schema.claims import Clock
 from pkvc.schema.timefmt import SchemaTime, format_time
+
+if TYPE_CHECKING:  # GnuPG is loaded only by the commands that sign
+    from pkvc.gpg import GpgSigner
 
 PREFIX = "identity/"
 SUBKEY_PURPOSE = "pkvc-identity"
@@ -75,6 +77,7 @@ def create_identity(repo: Repository, gpg_key: str | None = None,
     their public key blobs matter)."""
     if gpg_key is not None and user_gnupghome is None:
         raise UsageError("--gpg-key needs the GnuPG home that holds the key")
+    from pkvc.gpg import GnupgHome
     with GnupgHome(**home_options) as home:
         if gpg_key is None:
             fingerprint = home.generate_key(f"pkvc repository {repo.config.id}")
@@ -149,6 +152,7 @@ def open_identity(repo: Repository, fingerprint: str | None = None,
         raise IntegrityError(f"identity {fpr}: its public key does not match {ref}")
     if not repo.has(ref):
         repo.put(public, ref, kind=KIND_DATA)
+    from pkvc.gpg import open_signer
     with open_signer(base64.b64decode(payload["secret_key"]), public_key=public,
                      **home_options) as signer:
         if signer.fingerprint != fpr:

@@ -200,6 +200,7 @@ class _Restorer:
         self.source, self.progress, self.overwrite = source, progress, overwrite
         self.result = RestoreResult()
         self.links: dict[str, tuple[tuple[bytes, ...], bytes]] = {}
+        self.linked: dict[str, tuple[bytes, list[bytes]]] = {}  # group -> (its file, links to it)
         self.root_fd = -1
         self.as_root = os.geteuid() == 0
         self.content = _Content(self)
@@ -384,12 +385,26 @@ class _Restorer:
     def _place_file(self, dir_fd: int, rel: tuple, path: bytes, name: bytes, blob: FileBlob) -> bool:
         """A hard link (True: done), or a new file whose content is queued."""
         if blob.link_group is not None and self._link(dir_fd, name, blob.link_group):
+            self.linked[blob.link_group][1].append(path)
             return True
         fd = os.open(name, _NEW_FILE_FLAGS, 0o600, dir_fd=dir_fd)
-        if blob.link_group is not None:
-            self.links.setdefault(blob.link_group, (rel, name))
+        if blob.link_group is not None and blob.link_group not in self.links:
+            self.links[blob.link_group] = (rel, name)
+            self.linked[blob.link_group] = (path, [])
         self.content.add(fd, blob, path)
         return False
+
+    def _file_failed(self, blob: FileBlob, path: bytes, message: str) -> None:
+        """A file's content could not be written: so neither could its hard
+        links made meanwhile (they are the same file); later ones get copies."""
+        self._fail(path, message)
+        group = blob.link_group
+        if group is None or self.linked.get(group, (None,))[0] != path:
+            return
+        del self.links[group]
+        for linked in self.linked.pop(group)[1]:
+            self.result.hardlinks -= 1
+            self._fail(linked, f"hard link to {os.fsdecode(path)}, which was not restored")
 
     def _file_done(self, fd: int, blob: FileBlob, path: bytes, size: int) -> None:
         os.ftruncate(fd, size)  # keeps a trailing hole a hole
@@ -553,7 +568,7 @@ class _Content:
         finally:
             os.close(f.fd)
         if f.failed is not None:
-            self.r._fail(f.path, f.failed)
+            self.r._file_failed(f.blob, f.path, f.failed)
         else:
             self.r._emit(EntryRestored(os.fsdecode(f.path), f.blob.camli_type))
 

@@ -63,3 +63,32 @@ def test_a_failed_batch_closes_every_file(stored, tmp_path, monkeypatch):
     with pytest.raises(BlobNotFoundError):
         restore(ref, tmp_path / "dst", r)
     assert len(os.listdir("/proc/self/fd")) <= before
+
+
+def test_hard_links_to_a_file_that_could_not_be_written_are_reported_too(repo, tmp_path):
+    """A file too big for the destination (RLIMIT_FSIZE: a real EFBIG from
+    pwrite): its hard links made meanwhile are the same file, so they are
+    reported as not restored, not counted as restored links."""
+    import resource
+    import signal
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a-big").write_bytes(os.urandom(300 * KiB))
+    os.link(src / "a-big", src / "b-link")
+    os.link(src / "a-big", src / "c-link")
+    (src / "small").write_bytes(b"fits")
+    ref = put_path(src, repo).ref
+    repo.flush()
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (100 * KiB, hard))
+    try:
+        result = restore(ref, tmp_path / "out", repo)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+    failed = {os.path.basename(path) for path, _ in result.errors}
+    assert failed == {"a-big", "b-link", "c-link"}
+    assert result.hardlinks == 0 and result.files == 1
+    assert (tmp_path / "out" / "small").read_bytes() == b"fits"

@@ -17,6 +17,17 @@ from pkvc.schema.anyblob import parse_blob, schema_refs
 
 PASSWORD = b"correct horse battery staple"  # as in conftest.py
 MTIME = 1_600_000_000 * 10**9
+T0 = 1_800_000_000 * 10**9  # claim dates of the gc tests
+
+
+def tick(start: int = T0):
+    """A claim clock that moves one second per call, from `start`."""
+    n = [start]
+
+    def clock():
+        n[0] += 10**9
+        return n[0]
+    return clock
 
 
 def write_tree(root: Path, files: dict) -> None:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from gc_support import (PASSWORD, assert_checks, assert_restores, digest_files, open_reader,
-                        pack_bytes, reachable_refs, stored_refs, write_tree)
+from gc_support import (PASSWORD, T0, assert_checks, assert_restores, digest_files, open_reader,
+                        pack_bytes, reachable_refs, stored_refs, tick, write_tree)
 from pkvc.backends.local import LocalBackend
 from pkvc.blobref import BlobRef
 from pkvc.claims import add_claim, add_delete_claim
@@ -24,17 +24,7 @@ from pkvc.series import create_series, list_series, record_snapshot, resolve, sn
 from pkvc.sessions import KIND_GC, LeaseExpiredError, RefSet
 from pkvc.tree import put_path
 
-T0 = 1_800_000_000 * 10**9
 MIB = 1 << 20
-
-
-def tick(start=T0):
-    n = [start]
-
-    def clock():
-        n[0] += 10**9
-        return n[0]
-    return clock
 
 
 @pytest.fixture

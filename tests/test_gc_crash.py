@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from gc_support import (PASSWORD, assert_checks, assert_restores, digest_files, open_reader,
-                        reachable_refs, stored_refs, write_tree)
+                        reachable_refs, stored_refs, tick, write_tree)
 from pkvc.backends.local import LocalBackend
 from pkvc.claims import add_delete_claim
 from pkvc.gc import claim_roots, gc
@@ -25,7 +25,6 @@ from pkvc.repo import Repository
 from pkvc.series import create_series, list_series, record_snapshot, snapshots
 from pkvc.tree import put_path
 
-T0 = 1_800_000_000 * 10**9
 
 # Runs gc; the fault hook kills the process with SIGKILL at the given
 # occurrence of the given step ("trace" records the steps instead, "slow"
@@ -49,15 +48,6 @@ summary = gc(repo, max_unused=0, fault=fault, wait=20, poll=0.05)
 repo.close()
 print(json.dumps({"steps": seen, "deferred": summary.deferred, "plan": summary.plan}))
 """.replace("PASSWORD", repr(PASSWORD))
-
-
-def tick(start=T0):
-    n = [start]
-
-    def clock():
-        n[0] += 10**9
-        return n[0]
-    return clock
 
 
 @pytest.fixture(scope="module")

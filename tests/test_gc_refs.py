@@ -8,7 +8,7 @@ or without them.
 import shutil
 
 from fstree import make_rich_tree
-from gc_support import PASSWORD, stored_refs, write_tree
+from gc_support import PASSWORD, stored_refs, tick, write_tree
 from pkvc.backends.local import LocalBackend
 from pkvc.blobref import BlobRef
 from pkvc.check import check_repository
@@ -26,17 +26,7 @@ from pkvc.series import create_series, record_snapshot
 from pkvc.tree import put_path
 from vectors import vector_files
 
-T0 = 1_800_000_000 * 10**9
 SMALL = ChunkerParams(1 * KiB, 4 * KiB, 16 * KiB)
-
-
-def _clock():
-    n = [T0]
-
-    def clock():
-        n[0] += 10**9
-        return n[0]
-    return clock
 
 
 def _parsed(repo: Repository, key: bytes) -> list[bytes]:
@@ -94,7 +84,7 @@ def test_a_ref_too_long_for_a_row_gets_none(repo):
 
 def _history(repo, signer, src):
     """Two snapshots sharing some files, the first forgotten."""
-    clock = _clock()
+    clock = tick()
     series = create_series(repo, signer, "data", (), clock)
     shared = {f"keep/{i}.txt": b"kept %d " % i * 300 for i in range(12)}
     roots = []

@@ -208,19 +208,32 @@ def build(spec: Spec, dest: Path, exclude: list[str], log=print) -> dict:
     summary = {"spec": asdict(spec), "small_files": copied, "small_bytes": copied_bytes,
                "small_candidates": len(candidates), "binary_sources": len(binaries),
                "large": large, "total_bytes": copied_bytes + sum(x["size"] for x in large)}
-    (dest.parent / (dest.name + ".json")).write_text(json.dumps(summary, indent=2))
+    _meta_path(dest).write_text(json.dumps(summary, indent=2))
     return summary
 
 
 def pristine(spec: Spec, scratch: Path, exclude: list[str], log=print) -> tuple[Path, dict]:
     """The cached, never-mutated tree for `spec` (built on first use)."""
     dest = scratch / f"dataset-{spec.key()}"
-    meta = dest.with_name(dest.name + ".json")
+    cached = _reuse(dest, "dataset", log)
+    return dest, cached if cached is not None else build(spec, dest, exclude, log)
+
+
+def _meta_path(dest: Path) -> Path:
+    """Where a built tree's metadata goes: written last, so it marks a tree
+    that was built whole."""
+    return dest.with_name(dest.name + ".json")
+
+
+def _reuse(dest: Path, what: str, log) -> dict | None:
+    """The metadata of a tree already built at `dest` (None: not there, and
+    whatever half of it a killed run left is removed)."""
+    meta = _meta_path(dest)
     if dest.is_dir() and meta.is_file():
-        log(f"dataset: reusing {dest}")
-        return dest, json.loads(meta.read_text())
+        log(f"{what}: reusing {dest}")
+        return json.loads(meta.read_text())
     shutil.rmtree(dest, ignore_errors=True)
-    return dest, build(spec, dest, exclude, log)
+    return None
 
 
 def copy_tree(src: Path, dest: Path) -> None:
@@ -323,11 +336,9 @@ def scale_tree(scratch: Path, count: int, seed: int, log=print) -> tuple[Path, d
     """`count` small files (64 B to 4 KiB of text) in directories of 1,000;
     reused when already built for the same count and seed (it is never mutated)."""
     dest = scratch / f"scale-{count}-{seed}"
-    meta = dest.with_name(dest.name + ".json")
-    if dest.is_dir() and meta.is_file():
-        log(f"scale: reusing {dest}")
-        return dest, json.loads(meta.read_text())
-    shutil.rmtree(dest, ignore_errors=True)
+    cached = _reuse(dest, "scale", log)
+    if cached is not None:
+        return dest, cached
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     rng = random.Random(seed)
@@ -355,7 +366,7 @@ def scale_tree(scratch: Path, count: int, seed: int, log=print) -> tuple[Path, d
             log(f"scale: {i:,} files")
     os.replace(tmp, dest)
     summary = {"files": count, "bytes": total, "seed": seed}
-    meta.write_text(json.dumps(summary))
+    _meta_path(dest).write_text(json.dumps(summary))
     return dest, summary
 
 

@@ -195,12 +195,21 @@ class _DirFrame:
     next: int = 0
 
 
+@dataclass
+class _LinkGroup:
+    """The first restored file of a hard-link group, and the paths linked to it."""
+
+    rel: tuple  # its directory, from the top
+    name: bytes
+    path: bytes
+    linked: list[bytes] = field(default_factory=list)
+
+
 class _Restorer:
     def __init__(self, source: BlobSource, progress, overwrite: bool):
         self.source, self.progress, self.overwrite = source, progress, overwrite
         self.result = RestoreResult()
-        self.links: dict[str, tuple[tuple[bytes, ...], bytes]] = {}
-        self.linked: dict[str, tuple[bytes, list[bytes]]] = {}  # group -> (its file, links to it)
+        self.links: dict[str, _LinkGroup] = {}
         self.root_fd = -1
         self.as_root = os.geteuid() == 0
         self.content = _Content(self)
@@ -385,12 +394,11 @@ class _Restorer:
     def _place_file(self, dir_fd: int, rel: tuple, path: bytes, name: bytes, blob: FileBlob) -> bool:
         """A hard link (True: done), or a new file whose content is queued."""
         if blob.link_group is not None and self._link(dir_fd, name, blob.link_group):
-            self.linked[blob.link_group][1].append(path)
+            self.links[blob.link_group].linked.append(path)
             return True
         fd = os.open(name, _NEW_FILE_FLAGS, 0o600, dir_fd=dir_fd)
         if blob.link_group is not None and blob.link_group not in self.links:
-            self.links[blob.link_group] = (rel, name)
-            self.linked[blob.link_group] = (path, [])
+            self.links[blob.link_group] = _LinkGroup(rel, name, path)
         self.content.add(fd, blob, path)
         return False
 
@@ -399,10 +407,9 @@ class _Restorer:
         links made meanwhile (they are the same file); later ones get copies."""
         self._fail(path, message)
         group = blob.link_group
-        if group is None or self.linked.get(group, (None,))[0] != path:
+        if group is None or group not in self.links or self.links[group].path != path:
             return
-        del self.links[group]
-        for linked in self.linked.pop(group)[1]:
+        for linked in self.links.pop(group).linked:
             self.result.hardlinks -= 1
             self._fail(linked, f"hard link to {os.fsdecode(path)}, which was not restored")
 
@@ -416,7 +423,7 @@ class _Restorer:
         first = self.links.get(group)
         if first is None:
             return False
-        rel, first_name = first
+        rel, first_name = first.rel, first.name
         try:
             src_fd = self._open_rel(rel)
         except OSError:

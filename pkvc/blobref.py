@@ -15,6 +15,7 @@ import re
 KNOWN_HASHES = {"sha224": (28, 1), "sha1": (20, 2), "sha256": (32, 3)}
 _BY_ID = {ident: name for name, (_, ident) in KNOWN_HASHES.items()}
 DEFAULT_HASH = "sha224"
+_HASHERS = {"sha224": hashlib.sha224, "sha1": hashlib.sha1, "sha256": hashlib.sha256}
 _REF_RE = re.compile(r"^([a-z][a-z0-9]*)-([0-9a-f]+)$")
 _UNKNOWN_ID = 0xFF
 
@@ -75,7 +76,8 @@ class BlobRef:
 
     def matches(self, data) -> bool:
         """Whether `data` hashes to this ref (False for unknown hashes)."""
-        return self.is_known and hashlib.new(self.hash_name, data).digest() == self.digest
+        hasher = _HASHERS.get(self.hash_name)  # (hashlib.new costs more than a small hash)
+        return hasher is not None and hasher(data).digest() == self.to_key()[1:]
 
     def to_key(self) -> bytes:
         """Compact binary form for index keys: one id byte + digest."""

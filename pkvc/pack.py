@@ -204,7 +204,14 @@ def _decompressor() -> zstandard.ZstdDecompressor:
 
 def open_blob(data_key: bytes, entry: PackEntry, sealed) -> bytes:
     """Decrypt and decompress one blob; the caller checks it against its ref."""
-    payload = crypto.unseal(data_key, sealed, entry.ref.to_key(), f"blob {entry.ref}")
+    plain = open_blob_view(data_key, entry, sealed)
+    return plain if isinstance(plain, bytes) else plain.tobytes()
+
+
+def open_blob_view(data_key: bytes, entry: PackEntry, sealed) -> "bytes | memoryview":
+    """`open_blob` without the copy of a blob stored uncompressed (a read-only
+    view then): for callers that only hash or write the bytes."""
+    payload = crypto.unseal_view(data_key, sealed, entry.ref.to_key(), f"blob {entry.ref}")
     if entry.compression == COMPRESSION_ZSTD:
         try:
             return _decompressor().decompress(payload, max_output_size=entry.raw_length)

@@ -40,8 +40,8 @@ from pkvc.errors import (BackendError, BlobNotFoundError, IntegrityError, NoRepo
                          PkvcError, RepositoryExistsError, UsageError)
 from pkvc.index import Index, Location
 from pkvc.pack import (KIND_DATA, KIND_SCHEMA, KIND_SIGNED, TARGET_PACK_SIZE, FinishedPack,
-                       PackEntry, PackWriter, open_blob, pack_data_size, pack_id_from_name,
-                       pack_name, read_header)
+                       PackEntry, PackWriter, open_blob, open_blob_view, pack_data_size,
+                       pack_id_from_name, pack_name, read_header)
 from pkvc.packer import Packer
 from pkvc.progress import NO_PROGRESS, Progress
 from pkvc.sessions import (DEFAULT_TTL, KIND_WRITE, PLAN_PURPOSE, SESSION_PURPOSE, Lease,
@@ -667,37 +667,45 @@ class Repository:
                            size, f"pack {pack_id}")
 
     def scan_pack(self, pack_id: str, entries: list[PackEntry],
-                  on_blob: Callable[[PackEntry, "bytes | IntegrityError"], None]) -> tuple[str, int]:
-        """Read a pack front to back in pieces of SCAN_PIECE bytes (memory: one
-        piece and one blob), opening each entry's blob and handing it, or the
-        IntegrityError opening it raised, to `on_blob` in offset order; the
-        caller checks it against its ref. Returns the SHA-256 (hex) of every
-        byte of the pack, and how many. Safe to run in a worker thread."""
+                  on_blob: Callable[[PackEntry, "bytes | memoryview | IntegrityError"], None],
+                  ) -> tuple[str, int]:
+        """Read a pack front to back in pieces of about SCAN_PIECE bytes, each
+        ending where a blob ends (memory: one piece and one blob; no bytes kept
+        across pieces), opening each entry's blob and handing it (bytes, or a
+        read-only view: `open_blob_view`), or the IntegrityError opening it
+        raised, to `on_blob` in offset order; the caller checks it against its
+        ref. Returns the SHA-256 (hex) of every byte of the pack, and how many.
+        Safe to run in a worker thread."""
         name = pack_name(pack_id)
-        digest, buf, start, end, eof = hashlib.sha256(), b"", 0, 0, False
+        digest, end, eof = hashlib.sha256(), 0, False
 
-        def read_more(keep_from: int, need: int) -> None:
-            nonlocal buf, start, end, eof
-            chunk = self.backend.load(name, end, max(SCAN_PIECE, need))
+        def read_to(stop: int) -> tuple[memoryview, int]:
+            nonlocal end, eof
+            start, chunk = end, self.backend.load(name, end, stop - end)
             digest.update(chunk)
-            eof = len(chunk) < max(SCAN_PIECE, need)
-            keep_from = min(keep_from, end)  # drop what no later blob needs
-            buf, start, end = buf[keep_from - start:] + chunk, keep_from, end + len(chunk)
+            end += len(chunk)
+            eof = end < stop
+            return memoryview(chunk), start
 
-        for e in sorted(entries, key=lambda e: e.offset):
-            while end < e.offset + e.length and not eof:
-                read_more(e.offset, e.offset + e.length - end)
-            at = e.offset - start
-            sealed = memoryview(buf)[at:at + e.length]
-            try:
-                if len(sealed) != e.length:
-                    raise IntegrityError(f"pack {pack_id} is truncated (blob {e.ref})")
-                on_blob(e, open_blob(self._data_key, e, sealed))
-            except IntegrityError as err:
-                on_blob(e, err)
-            del sealed
+        piece, start = memoryview(b""), 0
+        for group in _scan_groups(entries):
+            if not eof:
+                piece, start = read_to(group[-1].offset + group[-1].length)
+            for e in group:
+                if e.offset >= start:
+                    sealed = piece[e.offset - start:e.offset - start + e.length]
+                else:  # overlaps an earlier piece (a header no writer makes)
+                    sealed = self.backend.load(name, e.offset, e.length)
+                try:
+                    if len(sealed) != e.length:
+                        raise IntegrityError(f"pack {pack_id} is truncated (blob {e.ref})")
+                    on_blob(e, open_blob_view(self._data_key, e, sealed))
+                except IntegrityError as err:
+                    on_blob(e, err)
+                del sealed
+        del piece
         while not eof:
-            read_more(end, 0)
+            read_to(end + SCAN_PIECE)
         return digest.hexdigest(), end
 
     def load_pack(self, pack_id: str) -> bytes:
@@ -750,6 +758,19 @@ def _verified(ref: BlobRef, loc: Location, data: bytes) -> bytes:
     if not ref.matches(data):
         raise IntegrityError(f"blob {ref} in pack {loc.pack_id} does not match its ref")
     return data
+
+
+def _scan_groups(entries: list[PackEntry]) -> Iterator[list[PackEntry]]:
+    """Entries in offset order, in runs that span at most SCAN_PIECE bytes
+    (a bigger blob alone): what `scan_pack` reads at once."""
+    group: list[PackEntry] = []
+    for e in sorted(entries, key=lambda e: e.offset):
+        if group and e.offset + e.length - group[0].offset > SCAN_PIECE:
+            yield group
+            group = []
+        group.append(e)
+    if group:
+        yield group
 
 
 @dataclass

@@ -71,12 +71,13 @@ def check_repository(repo: Repository, read_data: bool = False,
 @dataclass
 class _PackReport:
     """What checking one pack found; `follow` are its primary schema blobs, and
-    `targets` what each of them references (filled by the data pass)."""
+    `unstored` (filled by the data pass) what they reference that was not
+    stored when the check began: (referencing blob, target)."""
 
     lines: list[str] = field(default_factory=list)
     bytes_read: int = 0
     follow: set = field(default_factory=set)
-    targets: list[tuple[BlobRef, list[BlobRef]]] = field(default_factory=list)
+    unstored: list[tuple[BlobRef, BlobRef]] = field(default_factory=list)
 
 
 def _each_pack(repo: Repository, present: dict[str, int], indexed_per_pack: Counter,
@@ -98,7 +99,7 @@ def _each_pack(repo: Repository, present: dict[str, int], indexed_per_pack: Coun
                 pending.append((pack_id, found, None))
             else:
                 pending.append((pack_id, found, pool.submit(_read_pack, repo, pack_id, entries,
-                                                            found)))
+                                                            found, stored)))
             while pending and (pending[0][2] is None or len(pending) > READ_AHEAD):
                 yield _finish(repo, stored, *pending.popleft(), followed)
         while pending:
@@ -117,7 +118,7 @@ def _headers(repo: Repository, present: dict[str, int], pool) -> Iterator[tuple[
     ahead: deque = deque()
     try:
         for pack_id, size in sorted(present.items()):
-            ahead.append((pack_id, pool.submit(repo.read_pack_header, pack_id, size)))
+            ahead.append((pack_id, pool.submit(_read_header, repo, pack_id, size)))
             if len(ahead) > HEADERS_AHEAD:
                 yield ahead.popleft()
         while ahead:
@@ -127,15 +128,26 @@ def _headers(repo: Repository, present: dict[str, int], pool) -> Iterator[tuple[
             future.cancel()
 
 
+def _read_header(repo: Repository, pack_id: str, size: int) -> tuple[list[PackEntry], bytes]:
+    """A pack's entries and the digest of them that `_count_index` makes of
+    the index's (in a worker thread: it needs no index)."""
+    entries = repo.read_pack_header(pack_id, size)
+    mine = hashlib.sha256()
+    for key, e in sorted((e.ref.to_key(), e) for e in entries):
+        mine.update(_entry_bytes(key, e.offset, e.length))
+    return entries, mine.digest()
+
+
 def _finish(repo: Repository, stored: RefSet, pack_id: str, found: _PackReport, future,
             followed: set[str]) -> _PackReport:
     if future is None:
         return found
     future.result()
     followed.add(pack_id)
-    for ref, targets in found.targets:
-        _check_targets(repo, stored, ref, targets, found.lines)
-    found.targets = []
+    for ref, target in found.unstored:
+        if not repo.has(target):  # (written since the check began)
+            found.lines.append(_missing(target, ref))
+    found.unstored = []
     return found
 
 
@@ -178,20 +190,17 @@ def _check_pack(repo: Repository, pack_id: str, header: Future, indexed: int,
                 found: _PackReport, digest) -> list[PackEntry] | None:
     """The header against the index; its entries, or None if it cannot be read."""
     try:
-        entries = header.result()
+        entries, header_digest = header.result()
     except (IntegrityError, BackendError) as e:
         found.lines.append(f"pack {pack_id}: {e}")
         return None
     hidden = repo.index.hidden
+    if digest is not None and len(entries) == indexed and header_digest == digest.digest():
+        # the index holds exactly this header
+        found.follow.update(e.ref for e in entries if e.kind != KIND_DATA
+                            and not (hidden and e.ref in hidden))
+        return entries
     keyed = sorted((e.ref.to_key(), e) for e in entries)
-    if digest is not None and len(entries) == indexed:
-        mine = hashlib.sha256()
-        for key, e in keyed:
-            mine.update(_entry_bytes(key, e.offset, e.length))
-        if mine.digest() == digest.digest():  # the index holds exactly this header
-            found.follow.update(e.ref for key, e in keyed if e.kind != KIND_DATA
-                                and not (hidden and key in hidden))
-            return entries
     agreeing = 0
     for key, e in keyed:  # one lookup per entry, to name what differs
         loc = repo.locate(e.ref)
@@ -215,20 +224,23 @@ def _entry_bytes(key: bytes, offset: int, length: int) -> bytes:
 
 
 def _read_pack(repo: Repository, pack_id: str, entries: list[PackEntry],
-               found: _PackReport) -> None:
+               found: _PackReport, stored: RefSet) -> None:
     """Every byte of the pack against its name, every blob against its ref, and
-    the references of its schema blobs collected (in a worker thread: no index)."""
+    the references of its schema blobs tested against `stored` (in a worker
+    thread: no index; `_finish` asks it about the few not stored)."""
+    follow = found.follow
+
     def on_blob(e: PackEntry, raw) -> None:
         if isinstance(raw, IntegrityError):
             problem = f"blob {e.ref} in pack {pack_id}: {raw}"
         elif not e.ref.matches(raw):
             problem = f"blob {e.ref} in pack {pack_id} does not match its ref"
         else:
-            if e.ref in found.follow:
-                found.targets.append((e.ref, _targets(raw)))
+            if e.kind != KIND_DATA and e.ref in follow:
+                found.unstored += [(e.ref, t) for t in _targets(raw) if t not in stored]
             return
         found.lines.append(problem)
-        if e.ref in found.follow:
+        if e.kind != KIND_DATA and e.ref in follow:
             found.lines.append(f"schema blob {e.ref}: {problem}")
 
     try:
@@ -251,7 +263,11 @@ def _check_targets(repo: Repository, stored: RefSet, ref: BlobRef, targets: list
                    lines: list[str]) -> None:
     for target in targets:
         if target not in stored and not repo.has(target):  # (has: written since)
-            lines.append(f"blob {target}, referenced by {ref}, is missing")
+            lines.append(_missing(target, ref))
+
+
+def _missing(target: BlobRef, ref: BlobRef) -> str:
+    return f"blob {target}, referenced by {ref}, is missing"
 
 
 def _check_references(repo: Repository, report: CheckReport, followed: set[str],

@@ -94,3 +94,14 @@ def test_an_index_that_disagrees_with_a_header_is_named(small):
     problems = check_repository(r, read_data=True).problems
     assert f"blob {lost} in pack {lost_pack} is not in the index (run reindex)" in problems
     assert f"blob {moved}: index and header of pack {moved_loc.pack_id} disagree" in problems
+
+
+def test_a_truncated_pack_is_named_and_its_schema_blobs_too(small, tmp_path):
+    r, _, ghost, files = small
+    loc = r.locate(files[12])
+    path = tmp_path / "repo" / pack_name(loc.pack_id)
+    path.write_bytes(path.read_bytes()[:loc.offset + loc.length // 2])  # its header gone too
+    problems = check_repository(r, read_data=True).problems
+    assert any(p.startswith(f"pack {loc.pack_id}: ") for p in problems)
+    assert any(p.startswith(f"schema blob {files[12]}:") for p in problems)
+    assert f"blob {ghost}, referenced by {files[-1]}, is missing" in problems

@@ -9,7 +9,7 @@ from pkvc import crypto
 from pkvc.blobref import BlobRef
 from pkvc.errors import IntegrityError
 from pkvc.pack import (COMPRESSION_NONE, COMPRESSION_ZSTD, KIND_DATA, KIND_SCHEMA, PackWriter,
-                       decode_header, encode_header, open_blob, read_header)
+                       decode_header, encode_header, open_blob, open_blob_view, read_header)
 
 KEY = bytes(range(32))
 
@@ -115,3 +115,25 @@ def test_truncated_pack_is_refused():
     for cut in (3, len(pack.data) // 2):
         with pytest.raises(IntegrityError):
             read_header(KEY, _loader(pack.data[:cut]), cut)
+
+
+def test_open_blob_view_reads_in_place_and_catches_what_open_blob_catches():
+    plain, packed = os.urandom(5000), b"z" * 70000
+    writer = PackWriter(KEY)
+    e1 = writer.add(BlobRef.of(plain), plain, KIND_DATA)
+    e2 = writer.add(BlobRef.of(packed), packed, KIND_DATA)
+    pack = writer.finish()
+    view = memoryview(bytes(pack.data))
+    assert (e1.compression, e2.compression) == (COMPRESSION_NONE, COMPRESSION_ZSTD)
+    for e, data in ((e1, plain), (e2, packed)):
+        got = open_blob_view(KEY, e, view[e.offset:e.offset + e.length])
+        assert bytes(got) == data and BlobRef.of(data).matches(got)
+        assert type(open_blob(KEY, e, view[e.offset:e.offset + e.length])) is bytes
+    damaged = bytearray(pack.data)
+    damaged[e1.offset + 30] ^= 1
+    with pytest.raises(IntegrityError, match="failed authentication"):
+        open_blob_view(KEY, e1, memoryview(damaged)[e1.offset:e1.offset + e1.length])
+    with pytest.raises(IntegrityError, match="truncated"):
+        open_blob_view(KEY, e1, view[e1.offset:e1.offset + crypto.SEAL_OVERHEAD - 1])
+    with pytest.raises(ValueError):
+        crypto.unseal_view(KEY[:16], view[e1.offset:e1.offset + e1.length], b"")

@@ -138,3 +138,26 @@ def test_scan_pack_hashes_every_byte_and_opens_every_blob(many, repo_path):
     assert digest != pack_id
     assert isinstance(seen.pop(victim.ref), IntegrityError)
     assert seen == {e.ref: blobs[e.ref] for e in entries if e.ref != victim.ref}
+
+
+def test_scan_pack_in_pieces_smaller_than_its_blobs_and_of_a_truncated_pack(many, repo_path,
+                                                                           monkeypatch):
+    r, blobs = many
+    monkeypatch.setattr(repo_mod, "SCAN_PIECE", 4096)  # blobs of 5000 and 40000 bytes span pieces
+    pack_id, size = max(r.list_packs().items(), key=lambda item: item[1])
+    entries = r.read_pack_header(pack_id, size)
+    seen = {}
+    assert r.scan_pack(pack_id, entries, lambda e, raw: seen.__setitem__(e.ref, raw)) == (pack_id,
+                                                                                         size)
+    assert seen == {e.ref: blobs[e.ref] for e in entries}
+    path = repo_path / pack_name(pack_id)
+    cut = sorted(entries, key=lambda e: e.offset)[len(entries) // 2]
+    path.write_bytes(path.read_bytes()[:cut.offset + cut.length // 2])
+    seen.clear()
+    digest, n = r.scan_pack(pack_id, entries, lambda e, raw: seen.__setitem__(e.ref, raw))
+    assert digest != pack_id and n == cut.offset + cut.length // 2
+    for e in entries:
+        if e.offset + e.length <= n:
+            assert seen[e.ref] == blobs[e.ref]
+        else:
+            assert isinstance(seen[e.ref], IntegrityError) and "truncated" in str(seen[e.ref])

@@ -70,80 +70,85 @@ def check_repository(repo: Repository, read_data: bool = False,
 
 @dataclass
 class _PackReport:
-    """What checking one pack found; `follow` are its primary schema blobs, and
-    `unstored` (filled by the data pass) what they reference that was not
-    stored when the check began: (referencing blob, target)."""
+    """What checking one pack found. `entries`: its header, when the index
+    holds something else (the main thread then names the differences);
+    `follow`: its primary schema blobs (None: every schema blob the index
+    does not hide); `unstored` (filled by the data pass): what they
+    reference that was not stored when the check began, as (referencing
+    blob, target); `read`: whether the data pass ran."""
 
     lines: list[str] = field(default_factory=list)
     bytes_read: int = 0
-    follow: set = field(default_factory=set)
+    entries: list[PackEntry] | None = None
+    follow: set | None = None
     unstored: list[tuple[BlobRef, BlobRef]] = field(default_factory=list)
+    read: bool = False
 
 
 def _each_pack(repo: Repository, present: dict[str, int], indexed_per_pack: Counter,
                read_data: bool, followed: set[str], stored: RefSet,
                digests: dict) -> Iterator[_PackReport]:
-    """Each pack's report in name order. Headers are read in worker threads
-    (`_headers`) and checked here against the index (one thread: the index);
-    with `read_data` the packs are read in worker threads too, READ_AHEAD at
-    most ahead of this one."""
+    """Each pack's report in name order. A worker thread reads a pack's
+    header, compares its digest with the index's and, with `read_data`, reads
+    the pack (`_pack_task`), a few packs ahead of this thread, which only
+    looks up in the index the entries of headers that disagree with it (one
+    thread: the index). A header lives only while its pack is read."""
+    ahead = READ_AHEAD if read_data else HEADERS_AHEAD
+    hidden = repo.index.hidden
     pending: deque = deque()
     pool = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="pkvc-check")
-    headers = _headers(repo, present, pool)
     try:
-        for pack_id, header in headers:
-            found = _PackReport()
-            entries = _check_pack(repo, pack_id, header, indexed_per_pack.get(pack_id, 0), found,
-                                  digests.pop(pack_id, None))
-            if entries is None or not read_data:
-                pending.append((pack_id, found, None))
-            else:
-                pending.append((pack_id, found, pool.submit(_read_pack, repo, pack_id, entries,
-                                                            found, stored)))
-            while pending and (pending[0][2] is None or len(pending) > READ_AHEAD):
-                yield _finish(repo, stored, *pending.popleft(), followed)
+        for pack_id, size in sorted(present.items()):
+            digest, indexed = digests.pop(pack_id, None), indexed_per_pack.get(pack_id, 0)
+            pending.append((pack_id, indexed, pool.submit(
+                _pack_task, repo, pack_id, size, indexed,
+                digest.digest() if digest is not None else None, read_data, stored, hidden)))
+            while len(pending) > ahead:
+                yield _finish(repo, stored, read_data, followed, *pending.popleft())
         while pending:
-            yield _finish(repo, stored, *pending.popleft(), followed)
+            yield _finish(repo, stored, read_data, followed, *pending.popleft())
     finally:
-        headers.close()
         for _, _, future in pending:
-            if future is not None:
-                future.cancel()
+            future.cancel()
         pool.shutdown(wait=True)
 
 
-def _headers(repo: Repository, present: dict[str, int], pool) -> Iterator[tuple[str, Future]]:
-    """(pack id, its header being read) in name order, HEADERS_AHEAD read ahead:
-    the reads and their decryption leave the thread that checks them."""
-    ahead: deque = deque()
+def _pack_task(repo: Repository, pack_id: str, size: int, indexed: int, digest: bytes | None,
+               read_data: bool, stored: RefSet, hidden) -> _PackReport:
+    """In a worker thread (no index): the header, and if the index holds
+    exactly it (`_count_index`'s digest), with `read_data` the pack's data."""
+    found = _PackReport()
     try:
-        for pack_id, size in sorted(present.items()):
-            ahead.append((pack_id, pool.submit(_read_header, repo, pack_id, size)))
-            if len(ahead) > HEADERS_AHEAD:
-                yield ahead.popleft()
-        while ahead:
-            yield ahead.popleft()
-    finally:
-        for _, future in ahead:
-            future.cancel()
+        entries = repo.read_pack_header(pack_id, size)
+    except (IntegrityError, BackendError) as e:
+        found.lines.append(f"pack {pack_id}: {e}")
+        return found
+    if digest is None or len(entries) != indexed or _entries_digest(entries) != digest:
+        found.entries = entries
+        return found
+    if read_data:
+        _read_pack(repo, pack_id, entries, found, stored, hidden)
+    return found
 
 
-def _read_header(repo: Repository, pack_id: str, size: int) -> tuple[list[PackEntry], bytes]:
-    """A pack's entries and the digest of them that `_count_index` makes of
-    the index's (in a worker thread: it needs no index)."""
-    entries = repo.read_pack_header(pack_id, size)
+def _entries_digest(entries: list[PackEntry]) -> bytes:
+    """What `_count_index` makes of the index's entries of a pack."""
     mine = hashlib.sha256()
     for key, e in sorted((e.ref.to_key(), e) for e in entries):
         mine.update(_entry_bytes(key, e.offset, e.length))
-    return entries, mine.digest()
+    return mine.digest()
 
 
-def _finish(repo: Repository, stored: RefSet, pack_id: str, found: _PackReport, future,
-            followed: set[str]) -> _PackReport:
-    if future is None:
-        return found
-    future.result()
-    followed.add(pack_id)
+def _finish(repo: Repository, stored: RefSet, read_data: bool, followed: set[str],
+            pack_id: str, indexed: int, future: Future) -> _PackReport:
+    found = future.result()
+    if found.entries is not None:
+        entries, found.entries = found.entries, None
+        _compare_with_index(repo, pack_id, entries, indexed, found)
+        if read_data:  # (here: rare, a damaged index)
+            _read_pack(repo, pack_id, entries, found, stored, repo.index.hidden)
+    if found.read:
+        followed.add(pack_id)
     for ref, target in found.unstored:
         if not repo.has(target):  # (written since the check began)
             found.lines.append(_missing(target, ref))
@@ -186,23 +191,15 @@ def _count_index(repo: Repository, present: dict[str, int], report: CheckReport,
     return per_pack, missing, stored
 
 
-def _check_pack(repo: Repository, pack_id: str, header: Future, indexed: int,
-                found: _PackReport, digest) -> list[PackEntry] | None:
-    """The header against the index; its entries, or None if it cannot be read."""
-    try:
-        entries, header_digest = header.result()
-    except (IntegrityError, BackendError) as e:
-        found.lines.append(f"pack {pack_id}: {e}")
-        return None
+def _compare_with_index(repo: Repository, pack_id: str, entries: list[PackEntry], indexed: int,
+                        found: _PackReport) -> None:
+    """A header the index does not hold exactly (`indexed`: how many blobs it
+    lists in the pack): one lookup per entry, to name what differs;
+    `found.follow` gets the schema blobs both agree on."""
     hidden = repo.index.hidden
-    if digest is not None and len(entries) == indexed and header_digest == digest.digest():
-        # the index holds exactly this header
-        found.follow.update(e.ref for e in entries if e.kind != KIND_DATA
-                            and not (hidden and e.ref in hidden))
-        return entries
-    keyed = sorted((e.ref.to_key(), e) for e in entries)
+    found.follow = set()
     agreeing = 0
-    for key, e in keyed:  # one lookup per entry, to name what differs
+    for key, e in sorted((e.ref.to_key(), e) for e in entries):
         loc = repo.locate(e.ref)
         if loc is None:
             found.lines.append(f"blob {e.ref} in pack {pack_id} is not in the index (run reindex)")
@@ -216,19 +213,26 @@ def _check_pack(repo: Repository, pack_id: str, header: Future, indexed: int,
     if agreeing < indexed:
         found.lines.append(f"pack {pack_id}: the index lists {indexed - agreeing} blobs "
                            "its header does not hold (run reindex)")
-    return entries
 
 
 def _entry_bytes(key: bytes, offset: int, length: int) -> bytes:
     return bytes([len(key)]) + key + _PLACE.pack(offset, length)
 
 
-def _read_pack(repo: Repository, pack_id: str, entries: list[PackEntry],
-               found: _PackReport, stored: RefSet) -> None:
+def _read_pack(repo: Repository, pack_id: str, entries: list[PackEntry], found: _PackReport,
+               stored: RefSet, hidden) -> None:
     """Every byte of the pack against its name, every blob against its ref, and
-    the references of its schema blobs tested against `stored` (in a worker
-    thread: no index; `_finish` asks it about the few not stored)."""
+    the references of its schema blobs followed (`found.follow`; None: all but
+    `hidden` ones) tested against `stored` (in a worker thread: no index;
+    `_finish` asks it about the few not stored)."""
     follow = found.follow
+
+    def followed(e: PackEntry) -> bool:
+        if e.kind == KIND_DATA:
+            return False
+        if follow is None:
+            return not (hidden and e.ref in hidden)
+        return e.ref in follow
 
     def on_blob(e: PackEntry, raw) -> None:
         if isinstance(raw, IntegrityError):
@@ -236,13 +240,14 @@ def _read_pack(repo: Repository, pack_id: str, entries: list[PackEntry],
         elif not e.ref.matches(raw):
             problem = f"blob {e.ref} in pack {pack_id} does not match its ref"
         else:
-            if e.kind != KIND_DATA and e.ref in follow:
+            if followed(e):
                 found.unstored += [(e.ref, t) for t in _targets(raw) if t not in stored]
             return
         found.lines.append(problem)
-        if e.kind != KIND_DATA and e.ref in follow:
+        if followed(e):
             found.lines.append(f"schema blob {e.ref}: {problem}")
 
+    found.read = True
     try:
         digest, found.bytes_read = repo.scan_pack(pack_id, entries, on_blob)
     except BackendError as e:

@@ -132,11 +132,14 @@ def _pack_task(repo: Repository, pack_id: str, size: int, indexed: int, digest: 
 
 
 def _entries_digest(entries: list[PackEntry]) -> bytes:
-    """What `_count_index` makes of the index's entries of a pack."""
-    mine = hashlib.sha256()
-    for key, e in sorted((e.ref.to_key(), e) for e in entries):
-        mine.update(_entry_bytes(key, e.offset, e.length))
-    return mine.digest()
+    """What `_count_index` makes of the index's entries of a pack: the SHA-256
+    of their `_entry_bytes` in ref-key order."""
+    records = [_entry_bytes(e.ref.to_key(), e.offset, e.length) for e in entries]
+    if len({r[0] for r in records}) == 1:
+        records.sort()  # (keys of one width: in key order)
+    else:
+        records.sort(key=lambda r: r[1:1 + r[0]])
+    return hashlib.sha256(b"".join(records)).digest()
 
 
 def _finish(repo: Repository, stored: RefSet, read_data: bool, followed: set[str],

@@ -10,13 +10,13 @@ every blob decrypts and hashes to its ref. It reports; it never repairs or modif
 from __future__ import annotations
 
 import hashlib
-import struct
 from collections import Counter, deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from pkvc.errors import BackendError, BlobNotFoundError, IntegrityError, SchemaError
+from pkvc.index import PLACE
 from pkvc.pack import KIND_DATA, PackEntry
 from pkvc.progress import NO_PROGRESS, Progress
 from pkvc.claims import invalid_claims
@@ -28,7 +28,6 @@ from pkvc.schema.anyblob import walk_refs
 
 REFERENCE_BATCH = 4096  # schema blobs read together when following references
 HEADERS_AHEAD = 8  # pack headers read ahead of the thread that checks them
-_PLACE = struct.Struct("<QI")  # offset, length: with the ref key, what index and header agree on
 
 
 @dataclass
@@ -169,25 +168,28 @@ def _count_index(repo: Repository, present: dict[str, int], report: CheckReport,
     agree = digests
     missing = 0
     hidden = repo.index.hidden
+    by_raw = {bytes.fromhex(pack_id): pack_id for pack_id in present}
+    width = [bytes((n,)) for n in range(256)]
 
     def keys() -> Iterator[bytes]:
         nonlocal missing
-        for key, loc in repo.index.all_blobs():
+        for key, raw_pack, kind, place in repo.index.all_blob_places():
             yield key
             if hidden and key in hidden:
                 continue  # condemned by a pending gc plan: garbage in transit
             report.blobs += 1
-            if loc.kind != KIND_DATA:
+            if kind != KIND_DATA:
                 report.schema_blobs += 1
-            if loc.pack_id in present:
-                per_pack[loc.pack_id] += 1
-                h = agree.get(loc.pack_id)
+            pack_id = by_raw.get(raw_pack)
+            if pack_id is not None:
+                per_pack[pack_id] += 1
+                h = agree.get(pack_id)
                 if h is None:
-                    h = agree[loc.pack_id] = hashlib.sha256()
-                h.update(_entry_bytes(key, loc.offset, loc.length))
+                    h = agree[pack_id] = hashlib.sha256()
+                h.update(width[len(key)] + key + place)  # (`_entry_bytes`)
             else:
                 report.problems.append(f"blob {BlobRef.from_key(key)}: indexed in pack "
-                                       f"{loc.pack_id}, which is missing")
+                                       f"{raw_pack.hex()}, which is missing")
                 missing += 1
 
     stored = RefSet.from_sorted(keys())
@@ -219,7 +221,8 @@ def _compare_with_index(repo: Repository, pack_id: str, entries: list[PackEntry]
 
 
 def _entry_bytes(key: bytes, offset: int, length: int) -> bytes:
-    return bytes([len(key)]) + key + _PLACE.pack(offset, length)
+    """An entry as the index and a header must agree on: its ref key, offset and length."""
+    return bytes([len(key)]) + key + PLACE.pack(offset, length)
 
 
 def _read_pack(repo: Repository, pack_id: str, entries: list[PackEntry], found: _PackReport,

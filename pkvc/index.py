@@ -50,6 +50,7 @@ _TABLE = b"t"  # t + table name + NUL + key -> value: derived data kept by highe
 _COPY = b"c"  # c + key length (u8) + ref key + pack id (32 bytes) -> location of another copy
 _LOCATION = struct.Struct("<32sBBQII")  # pack id, kind, compression, offset, length, raw length
 _PACKINFO = struct.Struct("<QI")
+PLACE = struct.Struct("<QI")  # offset, length: bytes 34-46 of a location (all_blob_places)
 
 
 class Location(NamedTuple):
@@ -252,6 +253,14 @@ class Index:
         self.flush()
         for key, value in self._scan(_BLOB):
             yield key[1:], _decode_location(value)
+
+    def all_blob_places(self) -> Iterator[tuple[bytes, bytes, int, bytes]]:
+        """(ref key, pack id as 32 raw bytes, kind, offset and length packed as
+        PLACE) of every indexed blob's primary copy, hidden or not, in key
+        order; no row decoded (`check` passes over every row)."""
+        self.flush()
+        for key, value in self._scan(_BLOB):
+            yield key[1:], value[:32], value[32], value[34:46]
 
     def all_copies(self) -> Iterator[tuple[bytes, Location]]:
         """(ref key, location) of every copy that is not the primary one."""

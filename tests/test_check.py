@@ -54,6 +54,13 @@ def test_a_dangling_reference_is_found_with_or_without_reading_data(small, read_
     assert report.bytes_read == (sum(r.list_packs().values()) if read_data else 0)
 
 
+def test_headers_that_the_index_holds_exactly_need_no_lookup_per_entry(small, monkeypatch):
+    r, _, ghost, files = small
+    monkeypatch.setattr(r, "locate", lambda ref: pytest.fail(f"looked up {ref}"))
+    report = check_repository(r, read_data=True)
+    assert report.problems == [f"blob {ghost}, referenced by {files[-1]}, is missing"]
+
+
 def test_a_damaged_schema_blob_is_named_and_the_rest_still_checked(small, tmp_path):
     r, _, ghost, files = small
     pack = _flip(tmp_path / "repo", r, files[3])

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import threading
 from collections.abc import Mapping
 from decimal import Decimal
 
@@ -178,8 +179,9 @@ def parse_schema(data: bytes) -> dict:
         raise SchemaError(f"schema blob too large ({len(data)} bytes > 1 MiB)")
     text = bytes(data).decode("utf-8", errors="replace")
     try:
-        obj = json.loads(text, parse_constant=_reject_constant,
-                         parse_float=_finite_float)
+        if text.startswith("\ufeff"):  # (as json.loads refuses it)
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        obj = _decoder().decode(text)
     except (ValueError, RecursionError) as e:
         raise SchemaError(f"not a schema blob: {e}") from None
     if not isinstance(obj, dict) or "camliVersion" not in obj:
@@ -195,6 +197,19 @@ def parse_schema(data: bytes) -> dict:
 def looks_like_schema(data: bytes) -> bool:
     """Cheap sniff, as Perkeep's LikelySchemaBlob: worth trying to parse?"""
     return data[:1] == b"{" and b"camliVersion" in data[:MAX_SCHEMA_BLOB_SIZE]
+
+
+_local = threading.local()
+
+
+def _decoder() -> json.JSONDecoder:
+    """One decoder per thread: json.loads with hooks builds a new one per call
+    (a few percent of `check --read-data`, which parses every schema blob)."""
+    decoder = getattr(_local, "decoder", None)
+    if decoder is None:
+        decoder = _local.decoder = json.JSONDecoder(parse_constant=_reject_constant,
+                                                    parse_float=_finite_float)
+    return decoder
 
 
 def _reject_constant(name: str):

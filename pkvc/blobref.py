@@ -27,10 +27,7 @@ class BlobRef:
 
     def __init__(self, hash_name: str, digest: bytes | str):
         hexdigest = digest if isinstance(digest, str) else bytes(digest).hex()
-        object.__setattr__(self, "hash_name", hash_name)
-        object.__setattr__(self, "hexdigest", hexdigest)
-        object.__setattr__(self, "_str", f"{hash_name}-{hexdigest}")
-        object.__setattr__(self, "_key", None)  # to_key(), made once when first asked
+        _fill(self, hash_name, hexdigest, f"{hash_name}-{hexdigest}", None)
 
     def __setattr__(self, name, value):
         raise AttributeError("BlobRef is immutable")
@@ -54,7 +51,7 @@ class BlobRef:
         known = KNOWN_HASHES.get(name)
         if known and len(hexdigest) != 2 * known[0]:
             return None
-        return cls(name, hexdigest)
+        return _fill(object.__new__(cls), name, hexdigest, text, None)
 
     @classmethod
     def of(cls, data, hash_name: str = DEFAULT_HASH) -> "BlobRef":
@@ -88,16 +85,16 @@ class BlobRef:
                 key = bytes([known[1]]) + bytes.fromhex(self.hexdigest)
             else:
                 key = bytes([_UNKNOWN_ID]) + self._str.encode()
-            object.__setattr__(self, "_key", key)
+            _set_key(self, key)
         return key
 
     @classmethod
     def from_key(cls, key: bytes) -> "BlobRef":
         if key[0] == _UNKNOWN_ID:
             return cls.parse(key[1:].decode())
-        ref = cls(_BY_ID[key[0]], key[1:])
-        object.__setattr__(ref, "_key", bytes(key))
-        return ref
+        name, hexdigest = _BY_ID[key[0]], key[1:].hex()
+        return _fill(object.__new__(cls), name, hexdigest, f"{name}-{hexdigest}",
+                     key if type(key) is bytes else bytes(key))
 
     def __str__(self) -> str:
         return self._str
@@ -116,3 +113,20 @@ class BlobRef:
 
     def __reduce__(self):
         return (BlobRef, (self.hash_name, self.hexdigest))
+
+
+# The slots' own setters: a BlobRef is filled once, past its __setattr__
+# (which refuses), and faster than object.__setattr__ (headers and schema
+# blobs make one per entry and per reference).
+_set_hash_name = BlobRef.hash_name.__set__
+_set_hexdigest = BlobRef.hexdigest.__set__
+_set_str = BlobRef._str.__set__
+_set_key = BlobRef._key.__set__
+
+
+def _fill(ref: BlobRef, hash_name: str, hexdigest: str, text: str, key: bytes | None) -> BlobRef:
+    _set_hash_name(ref, hash_name)
+    _set_hexdigest(ref, hexdigest)
+    _set_str(ref, text)
+    _set_key(ref, key)  # to_key(), made once when first asked
+    return ref

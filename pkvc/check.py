@@ -10,6 +10,7 @@ every blob decrypts and hashes to its ref. It reports; it never repairs or modif
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections import Counter, deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -49,19 +50,17 @@ def check_repository(repo: Repository, read_data: bool = False,
     report = CheckReport(read_data=read_data)
     repo.flush()
     present = repo.list_packs()
-    digests: dict = {}
-    indexed_per_pack, missing, stored = _count_index(repo, present, report, digests)
+    index = _IndexFacts()
     followed: set[str] = set()  # packs whose schema blobs' references the pack pass checked
     progress.start("check packs", len(present), "packs")
-    for problems in _each_pack(repo, present, indexed_per_pack, read_data, followed, stored,
-                               digests):
+    for problems in _each_pack(repo, present, index, report, read_data, followed):
         report.problems += problems.lines
         report.bytes_read += problems.bytes_read
         report.packs += 1
         progress.advance()
     progress.finish()
-    if not (read_data and followed == set(present) and not missing):
-        _check_references(repo, report, followed, stored, progress)
+    if not (read_data and followed == set(present) and not index.missing):
+        _check_references(repo, report, followed, index.stored, progress)
     for bad in invalid_claims(repo):
         report.problems.append(f"signed blob {bad.ref} is ignored: {bad.reason}")
     return report
@@ -84,49 +83,82 @@ class _PackReport:
     read: bool = False
 
 
-def _each_pack(repo: Repository, present: dict[str, int], indexed_per_pack: Counter,
-               read_data: bool, followed: set[str], stored: RefSet,
-               digests: dict) -> Iterator[_PackReport]:
+@dataclass
+class _IndexFacts:
+    """What `_count_index` learns, for the pack tasks: blobs per pack, the
+    digest of each pack's entries, the stored keys, how many entries point
+    into missing packs. `ready` once it is filled, or once filling it failed
+    (`stored` then stays None)."""
+
+    ready: threading.Event = field(default_factory=threading.Event)
+    per_pack: Counter = field(default_factory=Counter)
+    digests: dict = field(default_factory=dict)
+    stored: RefSet | None = None
+    missing: int = 0
+
+
+def _each_pack(repo: Repository, present: dict[str, int], index: _IndexFacts,
+               report: CheckReport, read_data: bool,
+               followed: set[str]) -> Iterator[_PackReport]:
     """Each pack's report in name order. A worker thread reads a pack's
     header, compares its digest with the index's and, with `read_data`, reads
     the pack (`_pack_task`), a few packs ahead of this thread, which only
     looks up in the index the entries of headers that disagree with it (one
-    thread: the index). A header lives only while its pack is read."""
+    thread: the index). A header lives only while its pack is read. The
+    first packs are read while this thread passes over the index
+    (`_count_index`)."""
     ahead = READ_AHEAD if read_data else HEADERS_AHEAD
     hidden = repo.index.hidden
     pending: deque = deque()
     pool = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="pkvc-check")
     try:
-        for pack_id, size in sorted(present.items()):
-            digest, indexed = digests.pop(pack_id, None), indexed_per_pack.get(pack_id, 0)
-            pending.append((pack_id, indexed, pool.submit(
-                _pack_task, repo, pack_id, size, indexed,
-                digest.digest() if digest is not None else None, read_data, stored, hidden)))
+        for n, (pack_id, size) in enumerate(sorted(present.items())):
+            if n == ahead:
+                _fill_index_facts(repo, present, report, index)
+            pending.append((pack_id, pool.submit(_pack_task, repo, pack_id, size, index,
+                                                 read_data, hidden)))
             while len(pending) > ahead:
-                yield _finish(repo, stored, read_data, followed, *pending.popleft())
+                yield _finish(repo, index, read_data, followed, *pending.popleft())
+        if not index.ready.is_set():
+            _fill_index_facts(repo, present, report, index)
         while pending:
-            yield _finish(repo, stored, read_data, followed, *pending.popleft())
+            yield _finish(repo, index, read_data, followed, *pending.popleft())
     finally:
-        for _, _, future in pending:
+        index.ready.set()  # (tasks waiting for facts that never came end at once)
+        for _, future in pending:
             future.cancel()
         pool.shutdown(wait=True)
 
 
-def _pack_task(repo: Repository, pack_id: str, size: int, indexed: int, digest: bytes | None,
-               read_data: bool, stored: RefSet, hidden) -> _PackReport:
+def _fill_index_facts(repo: Repository, present: dict[str, int], report: CheckReport,
+                      index: _IndexFacts) -> None:
+    index.stored = _count_index(repo, present, report, index)
+    index.ready.set()
+
+
+def _pack_task(repo: Repository, pack_id: str, size: int, index: _IndexFacts, read_data: bool,
+               hidden) -> _PackReport:
     """In a worker thread (no index): the header, and if the index holds
-    exactly it (`_count_index`'s digest), with `read_data` the pack's data."""
+    exactly it (`_count_index`'s digest), with `read_data` the pack's data.
+    A pack of data blobs only is read before the index facts are needed
+    (its result depends on them only for naming a disagreement)."""
     found = _PackReport()
     try:
         entries = repo.read_pack_header(pack_id, size)
     except (IntegrityError, BackendError) as e:
         found.lines.append(f"pack {pack_id}: {e}")
         return found
-    if digest is None or len(entries) != indexed or _entries_digest(entries) != digest:
+    digest = _entries_digest(entries)
+    if read_data and all(e.kind == KIND_DATA for e in entries):
+        _read_pack(repo, pack_id, entries, found, None, hidden)
+    index.ready.wait()
+    if index.stored is None:
+        return found  # (the pass over the index failed: the main thread raised)
+    if len(entries) != index.per_pack.get(pack_id, 0) or digest != index.digests.get(pack_id):
         found.entries = entries
         return found
-    if read_data:
-        _read_pack(repo, pack_id, entries, found, stored, hidden)
+    if read_data and not found.read:
+        _read_pack(repo, pack_id, entries, found, index.stored, hidden)
     return found
 
 
@@ -141,14 +173,14 @@ def _entries_digest(entries: list[PackEntry]) -> bytes:
     return hashlib.sha256(b"".join(records)).digest()
 
 
-def _finish(repo: Repository, stored: RefSet, read_data: bool, followed: set[str],
-            pack_id: str, indexed: int, future: Future) -> _PackReport:
+def _finish(repo: Repository, index: _IndexFacts, read_data: bool, followed: set[str],
+            pack_id: str, future: Future) -> _PackReport:
     found = future.result()
     if found.entries is not None:
         entries, found.entries = found.entries, None
-        _compare_with_index(repo, pack_id, entries, indexed, found)
-        if read_data:  # (here: rare, a damaged index)
-            _read_pack(repo, pack_id, entries, found, stored, repo.index.hidden)
+        _compare_with_index(repo, pack_id, entries, index.per_pack.get(pack_id, 0), found)
+        if read_data and not found.read:  # (here: rare, a damaged index)
+            _read_pack(repo, pack_id, entries, found, index.stored, repo.index.hidden)
     if found.read:
         followed.add(pack_id)
     for ref, target in found.unstored:
@@ -159,20 +191,19 @@ def _finish(repo: Repository, stored: RefSet, read_data: bool, followed: set[str
 
 
 def _count_index(repo: Repository, present: dict[str, int], report: CheckReport,
-                 digests: dict) -> tuple[Counter, int, RefSet]:
+                 index: _IndexFacts) -> RefSet:
     """One pass over the index: blobs per pack, entries into missing packs, the
     keys of every stored blob (~29 bytes each: testing a reference costs no
     index lookup), and per pack a digest of its indexed entries in key order
-    (`digests`: a header that gives the same needs no lookup per entry)."""
-    per_pack: Counter = Counter()
-    agree = digests
-    missing = 0
+    (a header that gives the same needs no lookup per entry): into `index`;
+    returns the stored keys."""
+    per_pack = index.per_pack
+    agree: dict = {}
     hidden = repo.index.hidden
     by_raw = {bytes.fromhex(pack_id): pack_id for pack_id in present}
     width = [bytes((n,)) for n in range(256)]
 
     def keys() -> Iterator[bytes]:
-        nonlocal missing
         for key, raw_pack, kind, place in repo.index.all_blob_places():
             yield key
             if hidden and key in hidden:
@@ -190,10 +221,11 @@ def _count_index(repo: Repository, present: dict[str, int], report: CheckReport,
             else:
                 report.problems.append(f"blob {BlobRef.from_key(key)}: indexed in pack "
                                        f"{raw_pack.hex()}, which is missing")
-                missing += 1
+                index.missing += 1
 
     stored = RefSet.from_sorted(keys())
-    return per_pack, missing, stored
+    index.digests.update((pack_id, h.digest()) for pack_id, h in agree.items())
+    return stored
 
 
 def _compare_with_index(repo: Repository, pack_id: str, entries: list[PackEntry], indexed: int,

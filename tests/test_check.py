@@ -112,3 +112,29 @@ def test_a_truncated_pack_is_named_and_its_schema_blobs_too(small, tmp_path):
     assert any(p.startswith(f"pack {loc.pack_id}: ") for p in problems)
     assert any(p.startswith(f"schema blob {files[12]}:") for p in problems)
     assert f"blob {ghost}, referenced by {files[-1]}, is missing" in problems
+
+
+def test_a_data_pack_read_before_the_index_pass_ends_still_names_a_disagreement(small):
+    r, _, ghost, files = small
+    data_ref, loc = next((ref, loc) for ref, loc in r.enumerate() if loc.kind == KIND_DATA)
+    r.index.add_pack(loc.pack_id, r.list_packs()[loc.pack_id],
+                     [loc._replace(length=loc.length - 1).entry(data_ref)])
+    r.index.flush()
+    report = check_repository(r, read_data=True)
+    assert sorted(report.problems) == sorted([  # (in the order of pack names)
+        f"blob {data_ref}: index and header of pack {loc.pack_id} disagree",
+        f"pack {loc.pack_id}: the index lists 1 blobs its header does not hold (run reindex)",
+        f"blob {ghost}, referenced by {files[-1]}, is missing"])
+    assert report.bytes_read == sum(r.list_packs().values())  # each pack read once
+
+
+def test_a_failing_index_pass_stops_the_check_with_its_error(small, monkeypatch):
+    r = small[0]
+
+    def failing():
+        yield from ()
+        raise OSError("index unreadable")
+
+    monkeypatch.setattr(r.index, "all_blob_places", failing)
+    with pytest.raises(OSError, match="index unreadable"):
+        check_repository(r, read_data=True)

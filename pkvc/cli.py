@@ -701,7 +701,13 @@ def main(argv: list[str] | None = None) -> int:
     args = hoist_global_options(list(sys.argv[1:] if argv is None else argv))
     command = typer.main.get_command(app)
     try:
-        command.main(args, prog_name="pkvc", standalone_mode=False)
+        code = command.main(args, prog_name="pkvc", standalone_mode=False)
+        # Outside standalone mode typer turns Ctrl-C (and any Exit) into a
+        # returned exit code instead of raising it.
+        if code == EXIT_INTERRUPTED:
+            raise KeyboardInterrupt
+        if isinstance(code, int) and code:
+            return _exit(code, argv)
     except PkvcError as e:
         typer.echo(f"pkvc: {e}", err=True)
         return _exit(e.exit_code, argv)

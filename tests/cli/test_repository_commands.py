@@ -1,8 +1,12 @@
 """init, key slots, passwords and exit codes, through the real command."""
 
 import os
+import signal
+import subprocess
+import sys
+import time
 
-from pkvc.errors import (EXIT_NO_REPOSITORY, EXIT_USAGE, EXIT_WRONG_PASSWORD)
+from pkvc.errors import (EXIT_INTERRUPTED, EXIT_NO_REPOSITORY, EXIT_USAGE, EXIT_WRONG_PASSWORD)
 
 
 def _tree(path):
@@ -50,6 +54,26 @@ def test_password_sources(initialized):
                                        "PKVC_PASSWORD_COMMAND": f"cat {initialized.password_file}"})
     result = initialized("key", "list", env={"PKVC_PASSWORD_FILE": None})
     assert result.code == EXIT_USAGE and "no password given" in result.err
+
+
+def test_ctrl_c_exits_130_with_one_line(initialized, tmp_path):
+    """Ctrl-C while the password command runs: typer hands the interrupt back
+    as a return value outside standalone mode, which once made pkvc exit 0."""
+    started = tmp_path / "started"
+    env = dict(initialized.env, PKVC_PASSWORD_COMMAND=f"sh -c 'touch {started}; sleep 60'")
+    del env["PKVC_PASSWORD_FILE"]
+    proc = subprocess.Popen([sys.executable, "-m", "pkvc", "check"], env=env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 60
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert started.exists(), "the password command never ran"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == EXIT_INTERRUPTED
+    assert err.decode().strip() == "pkvc: interrupted"
+    initialized.ok("check")
 
 
 def test_no_repository_exit_10(pkvc, tmp_path):

@@ -9,7 +9,8 @@ import pytest
 from fstree import make_rich_tree
 from pkvc import api
 from pkvc.snapshot import added_bytes, known_added_size, take_snapshot
-from pkvc.series import find_series, snapshots
+from pkvc.schema.fsnodes import DirectoryBlob, FileBlob
+from pkvc.series import find_series, list_dir, snapshots
 
 
 @pytest.fixture
@@ -36,34 +37,71 @@ def file_sizes(root):
                if os.path.isfile(os.path.join(d, f)) and not os.path.islink(os.path.join(d, f)))
 
 
+def walked(repo, old_root, new_root):
+    """The definition, by listing whole directories: for each path of the new
+    tree holding a file, its size unless the old tree holds the same blob there."""
+    total, pending = 0, [(old_root, new_root)]
+    while pending:
+        old, new = pending.pop()
+        before = {name: (ref, node) for name, ref, node in list_dir(repo, old)} if old else {}
+        for name, ref, node in list_dir(repo, new):
+            prior = before.get(name)
+            if prior is not None and prior[0] == ref:
+                continue
+            if isinstance(node, DirectoryBlob):
+                pending.append((prior[0] if prior and isinstance(prior[1], DirectoryBlob)
+                                else None, ref))
+            elif isinstance(node, FileBlob):
+                total += node.size
+    return total
+
+
 def logged(repo, name):
     return [(e.claim, e.added_bytes) for e in api.log(repo, name)]
 
 
-def test_first_unchanged_and_mutated_snapshots_remember_what_the_walk_gives(
+def test_first_and_unchanged_snapshots_remember_what_the_walk_gives(
         signing_repo, repo_signer, src):
     repo = signing_repo
     take_snapshot(repo, repo_signer, src, "s")
     [(none, first)] = roots(repo, "s")
     assert none is None
-    assert known_added_size(repo, None, first) == added_bytes(repo, None, first) == file_sizes(src)
+    assert known_added_size(repo, None, first) == walked(repo, None, first) == file_sizes(src)
+    assert added_bytes(repo, None, first) == file_sizes(src)
 
     take_snapshot(repo, repo_signer, src, "s")  # unchanged: the same root, nothing added
     (old, same), _ = roots(repo, "s")
     assert old == same == first
-    assert known_added_size(repo, first, first) == added_bytes(repo, first, first) == 0
+    assert known_added_size(repo, first, first) == walked(repo, first, first) == 0
 
+
+def test_a_mutated_snapshot_is_measured_once_by_log(signing_repo, repo_signer, src):
+    repo = signing_repo
+    take_snapshot(repo, repo_signer, src, "s")
+    first_total = file_sizes(src)
     (src / "a.txt").write_bytes(b"changed, and longer\n")
     (src / "sub" / "new").mkdir()
     (src / "sub" / "new" / "n.bin").write_bytes(os.urandom(3000))
     shutil.rmtree(src / "dup")
     (src / "dup").write_bytes(b"a file where a directory was")
     (src / "big").unlink()
+    os.rename(src / "exec", src / "renamed")  # the same blob? no: the name is in it
+    take_snapshot(repo, repo_signer, src, "s")
+    (before, after), _ = roots(repo, "s")
+    assert known_added_size(repo, before, after) is None  # comparing trees is left to log
+    expected = (len(b"changed, and longer\n") + 3000 + len(b"a file where a directory was")
+                + len(b"#!/bin/sh\n"))
+    assert walked(repo, before, after) == added_bytes(repo, before, after) == expected
+    assert [size for _, size in logged(repo, "s")] == [expected, first_total]
+    assert known_added_size(repo, before, after) == expected
+    # and back: a directory where a file was, the old file's size gone
+    (src / "dup").unlink()
+    (src / "dup").mkdir()
+    (src / "dup" / "x").write_bytes(b"xyz")
     take_snapshot(repo, repo_signer, src, "s")
     (before, after), *_ = roots(repo, "s")
-    walked = added_bytes(repo, before, after)
-    assert walked == len(b"changed, and longer\n") + 3000 + len(b"a file where a directory was")
-    assert known_added_size(repo, before, after) == walked
+    assert walked(repo, before, after) == added_bytes(repo, before, after) == 3
+    assert walked(repo, None, after) == added_bytes(repo, None, after) == file_sizes(src)
 
 
 def test_log_shows_the_same_sizes_without_the_cache_and_refills_it(

@@ -32,6 +32,8 @@ from pkvc.schema.claims import Clock
 from pkvc.schema.fsnodes import DirectoryBlob, FileBlob
 
 _SIZE = struct.Struct(">Q")
+COMPARE_AT_ONCE = 1000  # directory pairs `added_bytes` reads together (bounds its memory)
+
 
 @dataclass
 class SnapshotSummary:
@@ -133,11 +135,13 @@ def added_bytes(repo: Repository, old_root, new_root) -> int:
     directory: an entry whose ref is also in the old directory has the same
     name there (the name is in the blob). So it costs in proportion to what
     changed (all of the tree for a first snapshot: `added_size` remembers
-    it), and the directories of one level are read together, by pack.
+    it). Directories are compared up to COMPARE_AT_ONCE at a time, their
+    blobs read together by pack (`get_many`).
     """
     total, pending = 0, [(old_root, new_root)]
     while pending:
-        pairs = [(old, new) for old, new in pending if old != new]
+        pairs = [(old, new) for old, new in pending[-COMPARE_AT_ONCE:] if old != new]
+        del pending[-COMPARE_AT_ONCE:]
         members = series_mod.dir_members(
             repo, {ref for pair in pairs for ref in pair if ref is not None})
         changed = []  # (entries of the new directory not in the old, the old's not in the new)
@@ -149,7 +153,6 @@ def added_bytes(repo: Repository, old_root, new_root) -> int:
                 changed.append((fresh, [ref for ref in before if ref not in now]))
         nodes = series_mod.read_nodes(
             repo, {ref for fresh, gone in changed for ref in fresh + gone})
-        pending = []
         for fresh, gone in changed:
             prior = {nodes[ref].name: ref for ref in gone}
             for ref in fresh:

@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from fstree import make_rich_tree
-from pkvc import api
+from pkvc import api, snapshot as snapshot_mod
 from pkvc.snapshot import added_bytes, known_added_size, take_snapshot
 from pkvc.schema.fsnodes import DirectoryBlob, FileBlob
 from pkvc.series import find_series, list_dir, snapshots
@@ -102,6 +102,21 @@ def test_a_mutated_snapshot_is_measured_once_by_log(signing_repo, repo_signer, s
     (before, after), *_ = roots(repo, "s")
     assert walked(repo, before, after) == added_bytes(repo, before, after) == 3
     assert walked(repo, None, after) == added_bytes(repo, None, after) == file_sizes(src)
+
+
+def test_comparing_a_few_directories_at_a_time_gives_the_same_size(
+        signing_repo, repo_signer, src, monkeypatch):
+    repo = signing_repo
+    take_snapshot(repo, repo_signer, src, "s")
+    (src / "sub" / "deep" / "more").write_bytes(b"12345")
+    (src / "sub" / "h3").unlink()
+    take_snapshot(repo, repo_signer, src, "s")
+    (before, after), _ = roots(repo, "s")
+    expected = [added_bytes(repo, before, after), added_bytes(repo, None, after)]
+    monkeypatch.setattr(snapshot_mod, "COMPARE_AT_ONCE", 1)
+    assert [added_bytes(repo, before, after), added_bytes(repo, None, after)] == expected
+    assert expected == [walked(repo, before, after), walked(repo, None, after)] == [
+        5, file_sizes(src)]
 
 
 def test_log_shows_the_same_sizes_without_the_cache_and_refills_it(

@@ -227,7 +227,7 @@ def log(repo: Repository, series: str | None = None,
 
 
 def _log_entry(repo: Repository, name: str, snap, previous_root, measure: bool) -> LogEntry:
-    added = snapshot_mod.added_bytes(repo, previous_root, snap.root) if measure else None
+    added = snapshot_mod.added_size(repo, previous_root, snap.root) if measure else None
     return LogEntry(name, str(snap.claim), str(snap.date), str(snap.root),
                     str(snap.signer) if snap.signer else None, snap.key_id, snap.verified,
                     snap.number, added)

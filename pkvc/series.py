@@ -451,17 +451,29 @@ def describe_permanode(repo: Repository, permanode: BlobRef, at=None) -> Permano
 # -- trees ---------------------------------------------------------------------
 
 def read_node(repo: Repository, ref: BlobRef) -> Node:
-    blob = parse_blob(repo.get(ref))
+    return _node(ref, parse_blob(repo.get(ref)))
+
+
+def read_nodes(repo: Repository, refs) -> dict[BlobRef, Node]:
+    """Many nodes at once, read by pack (`Repository.get_many`), not one by one."""
+    return {ref: _node(ref, parse_blob(data)) for ref, data in repo.get_many(refs)}
+
+
+def _node(ref: BlobRef, blob) -> Node:
     if not isinstance(blob, (FileBlob, DirectoryBlob, SymlinkBlob, SpecialBlob)):
         raise SchemaError(f"{ref} is a {blob.camli_type}, not a file-system node")
     return blob
 
 
+def _directory(ref: BlobRef, blob: Node) -> DirectoryBlob:
+    if not isinstance(blob, DirectoryBlob):
+        raise UsageError(f"{ref} is a {blob.camli_type}, not a directory")
+    return blob
+
+
 def list_dir(repo: Repository, dir_ref: BlobRef) -> list[tuple[bytes, BlobRef, Node]]:
     """A directory's entries (name, ref, blob), by name; hostile names refused."""
-    blob = read_node(repo, dir_ref)
-    if not isinstance(blob, DirectoryBlob):
-        raise UsageError(f"{dir_ref} is a {blob.camli_type}, not a directory")
+    blob = _directory(dir_ref, read_node(repo, dir_ref))
     entries = {}
     for member in _members(repo, blob.entries, 0, set()):
         child = read_node(repo, member)
@@ -473,11 +485,24 @@ def list_dir(repo: Repository, dir_ref: BlobRef) -> list[tuple[bytes, BlobRef, N
     return [entries[name] for name in sorted(entries)]
 
 
-def _members(repo: Repository, set_ref: BlobRef, depth: int, seen: set) -> list[BlobRef]:
+def dir_members(repo: Repository, dir_refs) -> dict[BlobRef, list[BlobRef]]:
+    """The refs of each directory's entries, left unread (its static-set's
+    members); the directories and their sets are read by pack."""
+    dirs = {ref: _directory(ref, blob) for ref, blob in read_nodes(repo, dir_refs).items()}
+    sets = {ref: parse_blob(data) for ref, data in
+            repo.get_many({blob.entries for blob in dirs.values()})}
+    return {ref: _members(repo, blob.entries, 0, set(), sets[blob.entries])
+            for ref, blob in dirs.items()}
+
+
+def _members(repo: Repository, set_ref: BlobRef, depth: int, seen: set,
+             blob=None) -> list[BlobRef]:
+    """`blob`: the set `set_ref` names, if the caller read it already."""
     if depth > MAX_SET_DEPTH or set_ref in seen:
         raise SchemaError(f"static-set {set_ref} nests too deep or repeats")
     seen.add(set_ref)
-    blob = parse_blob(repo.get(set_ref))
+    if blob is None:
+        blob = parse_blob(repo.get(set_ref))
     if not isinstance(blob, StaticSetBlob):
         raise SchemaError(f"directory entries {set_ref} is a {blob.camli_type}, not a static-set")
     if not blob.merge_sets:

@@ -124,6 +124,9 @@ class PutResult:
     cached_files: int = 0
     stale_files: int = 0  # the stat cache named a blob the sink no longer has
     bytes_read: int = 0
+    # Content bytes (file blob sizes) of the files this walk stored, not those
+    # the stat cache gave: with no cached file, the size of every file in the tree.
+    file_bytes: int = 0
     errors: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -424,6 +427,7 @@ class _Walker:
         if self.stat_cache is not None:
             self.stat_cache.record(path, st, ref)
         self.result.files += 1
+        self.result.file_bytes += blob.size
         self._emit(FileStored(os.fsdecode(path), blob.size, False))
         return ref
 

@@ -52,6 +52,7 @@ from pkvc.sessions import KIND_GC, Lease, LeaseExpiredError, Plan, RefSet, Sorte
 DEFAULT_MAX_UNUSED = 5.0
 DEFAULT_WAIT = 300.0  # seconds to wait for writers before leaving the plan for next time
 MARK_BATCH = 4096  # blobs marked per wave; the schema blobs among them are read together
+FORGET_BATCH = 20_000  # keys of deleted packs dropped from the index in one write
 #: Step names passed to the `fault` hook, in the order a full run reaches them.
 STEPS = ("locked", "marked", "resume-waited", "planned", "waiting", "waited", "remarked",
          "copied-pack", "copied", "tombstone", "deleted-pack", "deleted",
@@ -657,28 +658,23 @@ class _Run:
         summary.bytes_freed -= repacker.bytes_written
         tombstones = self._store_tombstone(plan, tombstones, doomed_claims, present)
         self.fault("tombstone")
+        deleted = _Deleted(self.repo)
         for pack_id in packs:
             self.tick()
-            self._delete(pack_id, present[pack_id])
+            deleted.delete(pack_id, present[pack_id])
             summary.bytes_freed += present[pack_id]
             summary.packs_rewritten += pack_id in copied_from
             summary.packs_deleted += pack_id not in copied_from
             self.fault("deleted-pack")
         self.fault("deleted")
         for pack_id in tombstones:  # the last one holds every delete claim: it goes last
-            self._delete(pack_id, present[pack_id])
+            deleted.delete(pack_id, present[pack_id])
             summary.bytes_freed += present[pack_id]
+        deleted.forget()
         self.fault("tombstone-deleted")
         repo.plans.remove(plan.id)
         self.fault("plan-removed")
         self.p0 = {p: s for p, s in self.p0.items() if p not in plan.touched}
-
-    def _delete(self, pack_id: str, size: int) -> None:
-        """Delete a pack, then drop it from the index (the keys from its header
-        spare a scan of the index; a crash in between is healed by the next open)."""
-        entries = self.repo.read_pack_header(pack_id, size)
-        self.repo.delete_pack(pack_id)
-        self.repo.forget_packs({pack_id}, [e.ref.to_key() for e in entries])
 
     def _store_tombstone(self, plan: Plan, tombstones: list[str], claims: dict[BlobRef, bytes],
                          present: dict[str, int]) -> list[str]:
@@ -768,6 +764,31 @@ class _Run:
         self.record_waiting(plan)
         self.fault("waiting")
         return plan
+
+
+class _Deleted:
+    """Deletes packs, then drops them from the index in batches: each index
+    write opens the database for writing (tens of ms), so not one per pack.
+    The keys from each pack's header spare a scan of the index; a crash
+    before the index hears of a deletion is healed by the next open, and
+    `get` meanwhile falls back to another copy."""
+
+    def __init__(self, repo: Repository):
+        self.repo = repo
+        self.packs: set[str] = set()
+        self.keys: list[bytes] = []
+
+    def delete(self, pack_id: str, size: int) -> None:
+        entries = self.repo.read_pack_header(pack_id, size)
+        self.repo.delete_pack(pack_id)
+        self.packs.add(pack_id)
+        self.keys += [e.ref.to_key() for e in entries]
+        if len(self.keys) >= FORGET_BATCH:
+            self.forget()
+
+    def forget(self) -> None:
+        self.repo.forget_packs(self.packs, self.keys)
+        self.packs, self.keys = set(), []
 
 
 def _is_delete_claim(raw: bytes) -> bool:

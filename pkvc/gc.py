@@ -52,6 +52,7 @@ from pkvc.sessions import KIND_GC, Lease, LeaseExpiredError, Plan, RefSet, Sorte
 DEFAULT_MAX_UNUSED = 5.0
 DEFAULT_WAIT = 300.0  # seconds to wait for writers before leaving the plan for next time
 MARK_BATCH = 4096  # blobs marked per wave; the schema blobs among them are read together
+FORGET_BATCH = 20_000  # keys of deleted packs dropped from the index in one write
 #: Step names passed to the `fault` hook, in the order a full run reaches them.
 STEPS = ("locked", "marked", "resume-waited", "planned", "waiting", "waited", "remarked",
          "copied-pack", "copied", "tombstone", "deleted-pack", "deleted",
@@ -232,15 +233,29 @@ class Places:
 
 class Rows:
     """One look at every copy the index lists, as arrays (about 13 bytes a
-    copy): its blob's ordinal, its pack, its length, whether it is primary."""
+    copy): its blob's ordinal, its pack, its length, whether it is primary.
 
-    def __init__(self, repo: Repository, table: BlobTable):
-        self.pack_ids: list[str] = []
-        number: dict[str, int] = {}
+    `places`: the primary copies as `prepare` read them, when the index still
+    has those (nothing deleted since: only a gc deletes packs, and this one
+    holds the gc lease); then only the other copies are read from the index,
+    not every row again."""
+
+    def __init__(self, repo: Repository, table: BlobTable, places: "Places | None" = None):
         self.ords, self.packs, self.lengths = array("i"), array("I"), array("I")
-        self.primary = bytearray()
+        if places is None:
+            self.pack_ids: list[str] = []
+            self.primary = bytearray()
+            rows = repo.all_locations()
+        else:
+            self.pack_ids = list(places.pack_ids)
+            self.ords.extend(range(table.n))
+            self.packs.extend(places.packs)
+            self.lengths.extend(places.lengths)
+            self.primary = bytearray(b"\1") * table.n
+            rows = ((key, loc, False) for key, loc in repo.all_copies())
+        number = {p: i for i, p in enumerate(self.pack_ids)}
         ordinal = table.ordinal_finder()
-        for key, loc, primary in repo.all_locations():
+        for key, loc, primary in rows:
             o = ordinal(key)
             if o < 0:
                 continue  # written after the gc began: never touched, never needed
@@ -420,6 +435,7 @@ class _Run:
         self.table = BlobTable.build((k, self.places.add(len(k), loc)) for k, loc, _ in
                                      self.repo.all_locations(copies=False))
         self.places.seal(self.table.kinds)
+        self.primaries_read = True  # the index's primary rows are still those of `places`
         self.live = Bits(self.table.n)
 
     def refs_of(self, keys: Iterable[bytes]) -> list[bytes]:
@@ -429,8 +445,8 @@ class _Run:
         meanwhile (by a plan this gc finished): what held it is garbage."""
         found: list[bytes] = []
         located, elsewhere = [], []
-        for key in keys:
-            known = self.repo.known_refs(key)
+        keys = list(keys)
+        for key, known in zip(keys, self.repo.known_refs(keys)):
             if known is not None:
                 found += known
                 continue
@@ -517,10 +533,13 @@ class _Run:
 
     # -- planning --------------------------------------------------------------------------------
 
+    def rows(self) -> Rows:
+        return Rows(self.repo, self.table, self.places if self.primaries_read else None)
+
     def compute_plan(self) -> _Planned:
         """Which packs to delete, which blobs that condemns (see the module docstring)."""
         live, table = self.live, self.table
-        rows = Rows(self.repo, table)
+        rows = self.rows()
         usage = rows.usage(self.p0, lambda o: live[o])
         self.summary.live_bytes = sum(u[1] for u in usage.values())
         doomed = {p for p, (total, kept) in usage.items()
@@ -611,7 +630,7 @@ class _Run:
         the packs, then the tombstones, then the plan: see docs/gc.md for why
         every prefix of this sequence leaves a sound repository."""
         repo, summary, table, live = self.repo, self.summary, self.table, self.live
-        rows = Rows(repo, table)
+        rows = self.rows()
         present_bits, outside = rows.copies(plan.touched)
         protected = self._protect(outside)  # what stays references it, or a delete claim
         self._outlive_targets(self._delete_claims(present_bits), protected, outside)
@@ -657,28 +676,24 @@ class _Run:
         summary.bytes_freed -= repacker.bytes_written
         tombstones = self._store_tombstone(plan, tombstones, doomed_claims, present)
         self.fault("tombstone")
+        self.primaries_read = False  # (a copy may be promoted now)
+        deleted = _Deleted(self.repo)
         for pack_id in packs:
             self.tick()
-            self._delete(pack_id, present[pack_id])
+            deleted.delete(pack_id, present[pack_id])
             summary.bytes_freed += present[pack_id]
             summary.packs_rewritten += pack_id in copied_from
             summary.packs_deleted += pack_id not in copied_from
             self.fault("deleted-pack")
         self.fault("deleted")
         for pack_id in tombstones:  # the last one holds every delete claim: it goes last
-            self._delete(pack_id, present[pack_id])
+            deleted.delete(pack_id, present[pack_id])
             summary.bytes_freed += present[pack_id]
+        deleted.forget()
         self.fault("tombstone-deleted")
         repo.plans.remove(plan.id)
         self.fault("plan-removed")
         self.p0 = {p: s for p, s in self.p0.items() if p not in plan.touched}
-
-    def _delete(self, pack_id: str, size: int) -> None:
-        """Delete a pack, then drop it from the index (the keys from its header
-        spare a scan of the index; a crash in between is healed by the next open)."""
-        entries = self.repo.read_pack_header(pack_id, size)
-        self.repo.delete_pack(pack_id)
-        self.repo.forget_packs({pack_id}, [e.ref.to_key() for e in entries])
 
     def _store_tombstone(self, plan: Plan, tombstones: list[str], claims: dict[BlobRef, bytes],
                          present: dict[str, int]) -> list[str]:
@@ -768,6 +783,31 @@ class _Run:
         self.record_waiting(plan)
         self.fault("waiting")
         return plan
+
+
+class _Deleted:
+    """Deletes packs, then drops them from the index in batches: each index
+    write opens the database for writing (tens of ms), so not one per pack.
+    The keys from each pack's header spare a scan of the index; a crash
+    before the index hears of a deletion is healed by the next open, and
+    `get` meanwhile falls back to another copy."""
+
+    def __init__(self, repo: Repository):
+        self.repo = repo
+        self.packs: set[str] = set()
+        self.keys: list[bytes] = []
+
+    def delete(self, pack_id: str, size: int) -> None:
+        entries = self.repo.read_pack_header(pack_id, size)
+        self.repo.delete_pack(pack_id)
+        self.packs.add(pack_id)
+        self.keys += [e.ref.to_key() for e in entries]
+        if len(self.keys) >= FORGET_BATCH:
+            self.forget()
+
+    def forget(self) -> None:
+        self.repo.forget_packs(self.packs, self.keys)
+        self.packs, self.keys = set(), []
 
 
 def _is_delete_claim(raw: bytes) -> bool:

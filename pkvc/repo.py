@@ -537,8 +537,13 @@ class Repository:
         for key, loc in self.index.all_blobs():
             yield key, loc, True
         if copies:
-            for key, loc in self.index.all_copies():
+            for key, loc in self.all_copies():
                 yield key, loc, False
+
+    def all_copies(self) -> Iterator[tuple[bytes, Location]]:
+        """(ref key, location) of every copy that is not the primary one."""
+        self.flush()
+        return self.index.all_copies()
 
     def locations(self, ref: BlobRef) -> list[Location]:
         """Every copy of the blob, the primary first."""
@@ -638,17 +643,21 @@ class Repository:
             self.index.table_put(REFS_TABLE_NAME, key,
                                  b"".join([bytes((len(k),)) + k for k in ref_keys]))
 
-    def known_refs(self, key: bytes) -> list[bytes] | None:
-        """The ref keys `record_refs` kept for this blob; None if it has no row."""
-        row = self.index.table_get(REFS_TABLE_NAME, key)
-        if row is None:
-            return None
-        found, at = [], 0
-        while at < len(row):
-            end = at + 1 + row[at]
-            found.append(row[at + 1:end])
-            at = end
-        return found
+    def known_refs(self, keys: list[bytes]) -> list[list[bytes] | None]:
+        """For each blob, the ref keys `record_refs` kept; None if it has no row.
+        (Many at once: gc asks for thousands, and one multi-get is cheaper.)"""
+        out: list[list[bytes] | None] = []
+        for row in self.index.table_get_many(REFS_TABLE_NAME, keys):
+            if row is None:
+                out.append(None)
+                continue
+            found, at = [], 0
+            while at < len(row):
+                end = at + 1 + row[at]
+                found.append(row[at + 1:end])
+                at = end
+            out.append(found)
+        return out
 
     def _open_index(self) -> Index:
         try:

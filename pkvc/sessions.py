@@ -82,9 +82,10 @@ class SortedKeys:
             prefixes = array("H", pairs)
             if sys.byteorder == "little":
                 prefixes.byteswap()
-            counts = Counter(prefixes)  # one C pass, not 65,536 bisections in Python
-            self.starts = array("I", accumulate((counts.get(b, 0) for b in range(65536)),
-                                                initial=0))
+            counts = [0] * 65536
+            for b, c in Counter(prefixes).items():  # one C pass, not 65,536 bisections
+                counts[b] = c
+            self.starts = array("I", accumulate(counts, initial=0))
 
     def __len__(self) -> int:
         return len(self.data) // self.width

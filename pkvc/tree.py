@@ -340,10 +340,10 @@ class _Walker:
             if self._check_files(frame):
                 key = self._dir_key(frame, owner, group)
         sets = static_set_blobs(frame.refs, self.max_set_members)
-        for data in reversed(sets):  # sub-sets before the set that names them
-            _put_schema(self.sink, data)
+        for data, refs in reversed(sets):  # sub-sets before the set that names them
+            entries = _put_schema(self.sink, data, refs)
         meta = UnixMeta.from_stat(frame.st, owner, group)
-        ref = _put_blob(self.sink, DirectoryBlob(frame.name, BlobRef.of(sets[0]), meta))
+        ref = _put_blob(self.sink, DirectoryBlob(frame.name, entries, meta))
         if cache is not None:
             cache.record_dir(frame.path, key, ref)
         return ref

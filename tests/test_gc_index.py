@@ -104,3 +104,34 @@ def test_plan_view_joins_plans():
     assert view.touched == {"p1", "p2", "t1"} and len(view.condemned) == 2
     assert Plan.from_bytes(two.to_bytes()).waiting is None
     assert not PlanView.of([])
+
+
+def test_table_rows_stay_buffered_and_scans_read_through_them(tmp_path):
+    """A scan merges buffered table rows (new, changed, deleted) with stored
+    ones; a scan of blob rows applies buffered blob rows first but leaves table
+    rows buffered; another process sees them once written."""
+    a, b = Index(tmp_path), Index(tmp_path)
+    for key in (b"k1", b"k3", b"k5"):
+        a.table_put(b"t", key, b"stored " + key)
+    a.table_put(b"u", b"k2", b"other table")
+    a.flush()
+    a.table_put(b"t", b"k0", b"new")
+    a.table_put(b"t", b"k3", b"changed")
+    a.table_put(b"t", b"k5", None)
+    a.table_put(b"t", b"k9", b"last")
+    assert list(a.table_scan(b"t")) == [(b"k0", b"new"), (b"k1", b"stored k1"),
+                                        (b"k3", b"changed"), (b"k9", b"last")]
+    assert list(a.table_scan(b"t", b"k3")) == [(b"k3", b"changed")]
+    assert list(a.all_blobs()) == []  # nothing of its kind buffered: nothing written
+    b.refresh(latest=True)
+    assert list(b.table_scan(b"t")) == [(b"k1", b"stored k1"), (b"k3", b"stored k3"),
+                                        (b"k5", b"stored k5")]
+    ref = BlobRef.of(b"blob")
+    a.add_pack("aa" * 32, 10, [entry(ref)])
+    assert [k for k, _ in a.all_blobs()] == [ref.to_key()]  # written first, with the rest
+    b.refresh(latest=True)
+    assert b.lookup(ref) is not None
+    assert list(b.table_scan(b"t")) == list(a.table_scan(b"t"))
+    assert list(b.table_scan(b"u")) == [(b"k2", b"other table")]
+    a.close()
+    b.close()

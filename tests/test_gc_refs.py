@@ -21,6 +21,7 @@ from pkvc.repo import REFS_TABLE, Repository
 from pkvc.schema.anyblob import parse_blob, walk_refs
 from pkvc.schema.fsnodes import DirectoryBlob, FileBlob, SpecialBlob, SymlinkBlob
 from pkvc.schema.parts import BytesBlob
+from pkvc.schema.staticset import StaticSetBlob
 from pkvc.claims import add_delete_claim
 from pkvc.series import create_series, record_snapshot
 from pkvc.tree import put_path
@@ -37,7 +38,8 @@ def _parsed(repo: Repository, key: bytes) -> list[bytes]:
 
 
 def _rows(repo: Repository) -> dict[bytes, list[bytes]]:
-    return {key: repo.known_refs(key) for key, _ in repo.cache_table(REFS_TABLE).scan()}
+    keys = [key for key, _ in repo.cache_table(REFS_TABLE).scan()]
+    return dict(zip(keys, repo.known_refs(keys)))
 
 
 def _empty_rows(repo: Repository) -> None:
@@ -55,7 +57,8 @@ def test_the_refs_a_writer_declares_are_what_parsing_gives_on_every_vector():
             blob = parse_blob(path.read_bytes())
         except (SchemaError, ValueError, TypeError):
             continue
-        if isinstance(blob, (FileBlob, BytesBlob, DirectoryBlob, SymlinkBlob, SpecialBlob)):
+        if isinstance(blob, (FileBlob, BytesBlob, DirectoryBlob, SymlinkBlob, SpecialBlob,
+                             StaticSetBlob)):
             assert walk_refs(blob.to_json()) == blob.refs(), path
             checked += 1
     if vector_files("**/*.json"):
@@ -69,17 +72,29 @@ def test_rows_of_a_stored_rich_tree_agree_with_parsing(repo, tmp_path):
     rows = _rows(repo)
     assert len(rows) > 20  # files, bytes, directories, symlinks...
     schema = [key for key, loc in repo.index.all_blobs() if loc.kind != KIND_DATA]
+    assert set(schema) <= set(rows)  # every one, static-sets and their sub-sets too
     for key in schema:
-        if key in rows:
-            assert rows[key] == _parsed(repo, key)
+        assert rows[key] == _parsed(repo, key)
     assert any(rows[k] for k in rows)  # and some of them do reference something
 
 
 def test_a_ref_too_long_for_a_row_gets_none(repo):
     repo.record_refs(b"\x01" * 29, [b"\x02" * 300])
-    assert repo.known_refs(b"\x01" * 29) is None
+    assert repo.known_refs([b"\x01" * 29]) == [None]
     repo.record_refs(b"\x01" * 29, [])
-    assert repo.known_refs(b"\x01" * 29) == []
+    assert repo.known_refs([b"\x01" * 29]) == [[]]
+
+
+def test_known_refs_answers_many_keys_from_stored_and_buffered_rows(repo):
+    """In the order asked, whatever the key order, rows written or not."""
+    stored = {bytes([i]) * 29: [bytes([i + 1]) * 29, b"\x07" * 33] for i in range(9, 0, -1)}
+    for key, held in stored.items():
+        repo.record_refs(key, held)
+    repo.index.flush()
+    repo.record_refs(b"\x05" * 29, [b"\x06" * 29])  # buffered over a stored row
+    asked = [b"\x03" * 29, b"\xee" * 29, b"\x05" * 29, b"\x01" * 29]
+    assert repo.known_refs(asked) == [stored[b"\x03" * 29], None, [b"\x06" * 29],
+                                      stored[b"\x01" * 29]]
 
 
 def _history(repo, signer, src):

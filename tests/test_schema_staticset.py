@@ -28,9 +28,9 @@ def test_perkeep_limit():
 
 
 def test_small_and_empty_sets_use_members():
-    assert static_set_blobs([]) == [b'{"camliVersion": 1,\n  "camliType": "static-set",\n  "members": []\n}']
-    (only,) = static_set_blobs(_refs(3))
-    assert StaticSetBlob.from_json(only).members == tuple(_refs(3))
+    assert static_set_blobs([]) == [(b'{"camliVersion": 1,\n  "camliType": "static-set",\n  "members": []\n}', [])]
+    ((only, refs),) = static_set_blobs(_refs(3))
+    assert StaticSetBlob.from_json(only).members == tuple(_refs(3)) == tuple(refs)
 
 
 @pytest.mark.parametrize("n, max_members, top_sets", [
@@ -38,7 +38,9 @@ def test_small_and_empty_sets_use_members():
 ])
 def test_split_follows_perkeep(n, max_members, top_sets):
     members = _refs(n)
-    blobs = static_set_blobs(members, max_members)
+    pairs = static_set_blobs(members, max_members)
+    assert all(StaticSetBlob.from_json(b).refs() == refs for b, refs in pairs)
+    blobs = [b for b, _ in pairs]
     top = StaticSetBlob.from_json(blobs[0])
     assert len(top.merge_sets) == top_sets
     assert _members(blobs) == members
@@ -46,7 +48,7 @@ def test_split_follows_perkeep(n, max_members, top_sets):
 
 
 def test_recursive_split_shape():
-    blobs = static_set_blobs(_refs(103), 10)
+    blobs = [b for b, _ in static_set_blobs(_refs(103), 10)]
     top = StaticSetBlob.from_json(blobs[0])
     sizes = [len(_members([b for b in blobs if BlobRef.of(b) == r] + blobs)) for r in top.merge_sets]
     assert sizes == [11] * 9 + [4]

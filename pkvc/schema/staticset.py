@@ -54,15 +54,18 @@ class StaticSetBlob:
         return cls(members or (), merge_sets or ())
 
 
-def static_set_blobs(members, max_members: int = MAX_STATIC_SET_MEMBERS) -> list[bytes]:
-    """JSON of the top set first, then of every sub-set it needs; store them all."""
+def static_set_blobs(members, max_members: int = MAX_STATIC_SET_MEMBERS
+                     ) -> list[tuple[bytes, list[BlobRef]]]:
+    """JSON of the top set first, then of every sub-set it needs, each with
+    the refs it holds (for the refs cache of gc); store them all."""
     members = list(members)
-    subsets: list[bytes] = []
+    subsets: list[tuple[bytes, list[BlobRef]]] = []
     top = _split(members, max_members, subsets)
-    return [top.to_json()] + subsets
+    return [(top.to_json(), top.refs())] + subsets
 
 
-def _split(members: list, max_members: int, out: list[bytes]) -> StaticSetBlob:
+def _split(members: list, max_members: int, out: list[tuple[bytes, list[BlobRef]]]
+           ) -> StaticSetBlob:
     """Perkeep's rule: fill sub-sets of max_members, or max_members-1 even ones."""
     if len(members) <= max_members:
         return StaticSetBlob(tuple(members))
@@ -77,10 +80,10 @@ def _split(members: list, max_members: int, out: list[bytes]) -> StaticSetBlob:
         chunks.append(members[per * count:])
     tops = []
     for chunk in chunks:
-        children: list[bytes] = []
+        children: list[tuple[bytes, list[BlobRef]]] = []
         sub = _split(chunk, max_members, children)
         data = sub.to_json()
-        out.append(data)
+        out.append((data, sub.refs()))
         out.extend(children)
         tops.append(BlobRef.of(data))
     return StaticSetBlob(merge_sets=tuple(tops))

@@ -58,7 +58,7 @@ _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_C
 # threads in jobs of READ_JOB files (one wake-up per job, not per file).
 AHEAD_BLOCK = 32
 READ_JOB = 16
-READ_THREADS = 2
+READ_THREADS = 1
 
 
 class BlobSink(Protocol):
@@ -207,6 +207,7 @@ class _DirFrame:
     unchecked: list[tuple[int, bytes]] = field(default_factory=list)
     # Entries stat'ed (and their small files being read) ahead of the walk
     ahead: deque = field(default_factory=deque)
+    jobs: list = field(default_factory=list)  # read-ahead jobs that use `fd`
     scanned: int = 0  # names[:scanned] are in `ahead` or done
 
     def child_paths(self, name: bytes) -> tuple[bytes, bytes]:
@@ -245,6 +246,7 @@ class _Walker:
         self._unchecked = False  # set by _cached when it did so
         self._read_again = False  # _check_files is storing a file whose cached blob is gone
         self._readers: ThreadPoolExecutor | None = None
+        self._cache_hits = self._cache_misses = 0  # stat cache answers for files
 
     def run(self, path: bytes) -> PutResult:
         self.result = PutResult(ref=None)  # type: ignore[arg-type]
@@ -332,6 +334,7 @@ class _Walker:
         cache, exclude, dir_fd = self.stat_cache, self.exclude, frame.fd
         min_size = self.chunker.min_size
         to_read: list[_Entry] = []
+        subdirs: list[_Entry] = []
         for name in names:
             path, rel = frame.child_paths(name)
             try:
@@ -343,21 +346,35 @@ class _Walker:
                 continue
             entry = _Entry(name, path, rel, st)
             frame.ahead.append(entry)
+            if statmod.S_ISDIR(st.st_mode):
+                subdirs.append(entry)
+                continue
             if not statmod.S_ISREG(st.st_mode):
                 continue
             if cache is not None:
                 entry.cached = cache.lookup(path, st)
                 if entry.cached is not None:
+                    self._cache_hits += 1
                     continue
+                self._cache_misses += 1
             if st.st_size < min_size:
                 to_read.append(entry)
-        for i in range(0, len(to_read), READ_JOB):
-            self._read_ahead(dir_fd, to_read[i:i + READ_JOB])
+        jobs = [to_read[i:i + READ_JOB] for i in range(0, len(to_read), READ_JOB)] or [[]]
+        jobs[0] += subdirs
+        for entries in jobs:
+            if entries:
+                self._read_ahead(frame, entries)
 
-    def _read_ahead(self, dir_fd: int, entries: list[_Entry]) -> None:
+    def _read_ahead(self, frame: _DirFrame, entries: list[_Entry]) -> None:
+        """One job: read the files among `entries`, then list the directories
+        (and, while most files are new, start reading their small files)."""
         if self._readers is None:
             self._readers = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="pkvc-read")
-        job = self._readers.submit(_read_files, dir_fd, [e.name for e in entries], self.chunker)
+        files = [e.name for e in entries if not statmod.S_ISDIR(e.st.st_mode)]
+        dirs = [e.name for e in entries[len(files):]]
+        warm = self._cache_misses >= self._cache_hits
+        job = self._readers.submit(_read_block, frame.fd, files, dirs, self.chunker, warm)
+        frame.jobs.append(job)
         for slot, entry in enumerate(entries):
             entry.job, entry.slot = job, slot
 
@@ -383,6 +400,8 @@ class _Walker:
     def _finish_dir(self, frame: _DirFrame) -> BlobRef:
         """The directory's blob: from the stat cache when built from the same
         inputs before (an unchanged subtree costs no JSON and no hashing)."""
+        for job in frame.jobs:  # done by now, all but surely: they use frame.fd
+            job.result()
         try:
             return self._dir_blob(frame)
         finally:
@@ -477,11 +496,16 @@ class _Walker:
             return cached
         read = None
         if entry is not None and entry.job is not None:
-            read = entry.job.result()[entry.slot]
+            results = entry.job.result()
+            read, results[entry.slot] = results[entry.slot], None  # the frame keeps the job
             if isinstance(read, OSError):
                 raise read
         if read is not None and read[1] is not None:
             st, data = read
+            # Copied on this thread, so the reader's buffer is freed now: the
+            # reader's malloc arena then stays a job big, instead of holding
+            # what waits to be sealed (2 GiB bench peak RSS: 184 -> 170 MiB).
+            data = bytes(memoryview(data))
             parts = [Part(len(data), blob_ref=self.sink.put_data(data))] if data else []
             self.result.bytes_read += len(data)
             if data:
@@ -552,13 +576,14 @@ class _Walker:
         return self._groups[gid]
 
 
-def _read_files(dir_fd: int, names: list[bytes], params) -> list:
-    """A read-ahead job, on a reader thread: for each name (a small file),
-    (its fstat, its content) or (its fstat, None) when it is not one chunk
-    any more, or the OSError met. Syscalls and all: the walker meanwhile
-    holds the GIL only for Python."""
+def _read_block(dir_fd: int, files: list[bytes], dirs: list[bytes], params,
+                warm: bool) -> list:
+    """A read-ahead job, on a reader thread: for each of `files` (small
+    files), (its fstat, its content) or (its fstat, None) when it is not one
+    chunk any more, or the OSError met. Syscalls and all: the walker
+    meanwhile holds the GIL only for Python. Then `_list_dir` each of `dirs`."""
     results: list = []
-    for name in names:
+    for name in files:
         try:
             fd = _open_for_reading(dir_fd, name)
             try:
@@ -568,7 +593,37 @@ def _read_files(dir_fd: int, names: list[bytes], params) -> list:
                 os.close(fd)
         except OSError as e:
             results.append(e)
+    for name in dirs:
+        _list_dir(dir_fd, name, params.min_size if warm else 0)
     return results
+
+
+def _list_dir(dir_fd: int, name: bytes, warm: int) -> None:
+    """List a subdirectory once so that its blocks are in the page cache
+    when the walker lists it (a cold directory costs a disk read, and a tree
+    may have many small ones). With `warm`, also ask the kernel to start
+    reading the first `warm` bytes of its files (no wait, no copy), so the
+    walker's reads of them meet less of the disk's latency."""
+    try:
+        fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    except OSError:
+        return  # the walker meets and reports the error itself
+    try:
+        with os.scandir(fd) as entries:
+            files = [e.name for e in entries if warm and e.is_file(follow_symlinks=False)]
+        for file in files:
+            try:
+                file_fd = _open_for_reading(fd, os.fsencode(file))
+            except OSError:
+                continue
+            try:
+                os.posix_fadvise(file_fd, 0, warm, os.POSIX_FADV_WILLNEED)
+            finally:
+                os.close(file_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _fstat_file(fd: int) -> os.stat_result:

@@ -706,7 +706,9 @@ def main(argv: list[str] | None = None) -> int:
     # stop rescanning it (gc_collect_main: 5% of the walker's samples).
     pygc.freeze()
     try:
-        command.main(args, prog_name="pkvc", standalone_mode=False)
+        code = command.main(args, prog_name="pkvc", standalone_mode=False)
+        if code == EXIT_INTERRUPTED:  # typer's answer to a Ctrl-C it caught itself
+            raise KeyboardInterrupt
     except PkvcError as e:
         typer.echo(f"pkvc: {e}", err=True)
         return _exit(e.exit_code, argv)

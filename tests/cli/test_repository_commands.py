@@ -91,3 +91,22 @@ def test_key_add_list_remove_passwd(initialized, tmp_path):
 def test_help_lists_exit_codes(pkvc):
     out = pkvc.ok("--help").out
     assert "130" in out and "wrong password" in out
+
+
+def test_ctrl_c_inside_a_command_exits_130(tmp_path, monkeypatch, capsys):
+    """typer turns a KeyboardInterrupt inside a command into a return value
+    of 130: that still reads as interrupted, never as success."""
+    from pkvc import cli
+
+    (tmp_path / "pw").write_text("pw")
+    (tmp_path / "src").mkdir()
+    monkeypatch.setenv("PKVC_REPOSITORY", str(tmp_path / "repo"))
+    monkeypatch.setenv("PKVC_PASSWORD_FILE", str(tmp_path / "pw"))
+    monkeypatch.setenv("PKVC_CACHE_DIR", str(tmp_path / "cache"))
+    assert cli.main(["--quiet", "init"]) == 0
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # as Ctrl-C lands in the middle of a walk
+    monkeypatch.setattr(cli.api, "snapshot", interrupted)
+    assert cli.main(["snapshot", str(tmp_path / "src")]) == 130
+    assert "pkvc: interrupted" in capsys.readouterr().err

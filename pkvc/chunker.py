@@ -83,15 +83,11 @@ def chunk_fd(fd: int, params=DEFAULT_PARAMS, sparse: bool = True) -> Iterator[Pi
     """
     st = os.fstat(fd)
     size = st.st_size
-    if size < params.min_size and (not sparse or st.st_blocks * 512 >= size):
-        # One chunk at most, and no hole worth finding: one read, sized to
-        # the file (+1 to see it grow), no window, no FastCDC.
-        data = os.pread(fd, size + 1, 0)
-        if len(data) <= size:
-            if data:
-                yield Piece(0, len(data), data)
-            return
-        # it grew while we looked: chunk it like any other file
+    data = read_small(fd, st, params, sparse)
+    if data is not None:
+        if data:
+            yield Piece(0, len(data), data)
+        return
     extents = data_extents(fd, size, getattr(params, "hole_min", DEFAULT_PARAMS.hole_min)) \
         if sparse else [(0, size)]
     pos = 0
@@ -106,6 +102,19 @@ def chunk_fd(fd: int, params=DEFAULT_PARAMS, sparse: bool = True) -> Iterator[Pi
         pos = reader.pos
     if pos < size:
         yield Piece(pos, size - pos, None)
+
+
+def read_small(fd: int, st: os.stat_result, params=DEFAULT_PARAMS,
+               sparse: bool = True) -> bytes | None:
+    """The whole content of a file that is one chunk at most and has no hole
+    worth finding (`st` is its fstat): one read, sized to the file (+1 to
+    see it grow), no window, no FastCDC. None for any other file, or one
+    that grew while read: chunk it with `chunk_fd`."""
+    size = st.st_size
+    if size >= params.min_size or (sparse and st.st_blocks * 512 < size):
+        return None
+    data = os.pread(fd, size + 1, 0)
+    return data if len(data) <= size else None
 
 
 def data_extents(fd: int, size: int, hole_min: int = DEFAULT_PARAMS.hole_min) -> list[tuple[int, int]]:

@@ -6,6 +6,7 @@ and tqdm. Every `PkvcError` ends as one line on stderr and its exit code.
 
 from __future__ import annotations
 
+import gc as pygc
 import getpass
 import json
 import os
@@ -700,6 +701,10 @@ def hoist_global_options(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = hoist_global_options(list(sys.argv[1:] if argv is None else argv))
     command = typer.main.get_command(app)
+    # What is loaded by now lives as long as the process: out of the cyclic
+    # collector's way, its full passes over a snapshot's many small objects
+    # stop rescanning it (gc_collect_main: 5% of the walker's samples).
+    pygc.freeze()
     try:
         code = command.main(args, prog_name="pkvc", standalone_mode=False)
         # Outside standalone mode typer turns Ctrl-C (and any Exit) into a

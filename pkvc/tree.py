@@ -29,12 +29,14 @@ import os
 import pwd
 import stat as statmod
 import sys
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from pkvc.blobref import BlobRef
-from pkvc.chunker import DEFAULT_PARAMS, chunk_fd, chunk_stream
+from pkvc.chunker import DEFAULT_PARAMS, chunk_fd, chunk_stream, read_small
 from pkvc.errors import PkvcError
 from pkvc.schema.canonical import MAX_SCHEMA_BLOB_SIZE
 from pkvc.schema.fsnodes import DirectoryBlob, FileBlob, SpecialBlob, SymlinkBlob, UnixMeta
@@ -51,6 +53,12 @@ _FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodee
 # refs cached by an older pkvc are not reused for what would now differ.
 _DIR_KEY_VERSION = 1
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+# Read-ahead: the walker stats entries this many at a time, a block ahead of
+# the one it stores, and hands the small files to be read to READ_THREADS
+# threads in jobs of READ_JOB files (one wake-up per job, not per file).
+AHEAD_BLOCK = 32
+READ_JOB = 16
+READ_THREADS = 1
 
 
 class BlobSink(Protocol):
@@ -197,15 +205,34 @@ class _DirFrame:
     st: os.stat_result
     names: list[bytes]
     refs: list[BlobRef] = field(default_factory=list)
-    next: int = 0
     # Files whose ref came from the stat cache unchecked: (position in refs, name);
     # no stat kept, so a directory of many files holds little memory
     unchecked: list[tuple[int, bytes]] = field(default_factory=list)
+    # Entries stat'ed (and their small files being read) ahead of the walk
+    ahead: deque = field(default_factory=deque)
+    jobs: list = field(default_factory=list)  # read-ahead jobs that use `fd`
+    scanned: int = 0  # names[:scanned] are in `ahead` or done
 
     def child_paths(self, name: bytes) -> tuple[bytes, bytes]:
         """(absolute path, path relative to the top) of an entry."""
         path = self.path + name if self.path.endswith(b"/") else self.path + b"/" + name
         return path, (self.rel + b"/" + name if self.rel else name)
+
+
+class _Entry:
+    """A directory entry prepared ahead: its stat (or the error getting it),
+    the stat cache's answer for a file, and where its read-ahead lands."""
+
+    __slots__ = ("name", "path", "rel", "st", "error", "cached", "job", "slot")
+
+    def __init__(self, name, path, rel, st, error=None):
+        self.name, self.path, self.rel, self.st, self.error = name, path, rel, st, error
+        self.cached = _NOT_LOOKED_UP
+        self.job: Future | None = None  # its read-ahead job, if any
+        self.slot = 0  # its place in the job's results
+
+
+_NOT_LOOKED_UP = object()
 
 
 class _Walker:
@@ -221,6 +248,8 @@ class _Walker:
         self._defer_to: _DirFrame | None = None  # where _cached may leave a ref unchecked
         self._unchecked = False  # set by _cached when it did so
         self._read_again = False  # _check_files is storing a file whose cached blob is gone
+        self._readers: ThreadPoolExecutor | None = None
+        self._cache_hits = self._cache_misses = 0  # stat cache answers for files
 
     def run(self, path: bytes) -> PutResult:
         self.result = PutResult(ref=None)  # type: ignore[arg-type]
@@ -264,9 +293,10 @@ class _Walker:
         try:
             while stack:
                 frame = stack[-1]
-                if frame.next < len(frame.names):
-                    child = self._visit(frame, frame.names[frame.next])
-                    frame.next += 1
+                if len(frame.ahead) <= AHEAD_BLOCK and frame.scanned < len(frame.names):
+                    self._prepare(frame)
+                if frame.ahead:
+                    child = self._visit(frame, frame.ahead.popleft())
                     if child is not None:
                         stack.append(child)
                     continue
@@ -276,6 +306,9 @@ class _Walker:
                     return ref
                 stack[-1].refs.append(ref)
         finally:
+            if self._readers is not None:  # no read may use a directory fd once closed
+                self._readers.shutdown(wait=True, cancel_futures=True)
+                self._readers = None
             for frame in stack:
                 os.close(frame.fd)
         return None
@@ -296,22 +329,69 @@ class _Walker:
             return None
         return _DirFrame(fd, path, rel, name, st, names)
 
-    def _visit(self, frame: _DirFrame, name: bytes) -> _DirFrame | None:
+    def _prepare(self, frame: _DirFrame) -> None:
+        """Stat the next block of entries, ask the stat cache about its files,
+        and start reading the small files it does not know."""
+        end = min(frame.scanned + AHEAD_BLOCK, len(frame.names))
+        names, frame.scanned = frame.names[frame.scanned:end], end
+        cache, exclude, dir_fd = self.stat_cache, self.exclude, frame.fd
+        min_size = self.chunker.min_size
+        to_read: list[_Entry] = []
+        subdirs: list[_Entry] = []
+        for name in names:
+            path, rel = frame.child_paths(name)
+            try:
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            except OSError as e:
+                frame.ahead.append(_Entry(name, path, rel, None, e.strerror or str(e)))
+                continue
+            if exclude is not None and exclude(rel, statmod.S_ISDIR(st.st_mode)):
+                continue
+            entry = _Entry(name, path, rel, st)
+            frame.ahead.append(entry)
+            if statmod.S_ISDIR(st.st_mode):
+                subdirs.append(entry)
+                continue
+            if not statmod.S_ISREG(st.st_mode):
+                continue
+            if cache is not None:
+                entry.cached = cache.lookup(path, st)
+                if entry.cached is not None:
+                    self._cache_hits += 1
+                    continue
+                self._cache_misses += 1
+            if st.st_size < min_size:
+                to_read.append(entry)
+        jobs = [to_read[i:i + READ_JOB] for i in range(0, len(to_read), READ_JOB)] or [[]]
+        jobs[0] += subdirs
+        for entries in jobs:
+            if entries:
+                self._read_ahead(frame, entries)
+
+    def _read_ahead(self, frame: _DirFrame, entries: list[_Entry]) -> None:
+        """One job: read the files among `entries`, then list the directories
+        (and, while most files are new, start reading their small files)."""
+        if self._readers is None:
+            self._readers = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="pkvc-read")
+        files = [e.name for e in entries if not statmod.S_ISDIR(e.st.st_mode)]
+        dirs = [e.name for e in entries[len(files):]]
+        warm = self._cache_misses >= self._cache_hits
+        job = self._readers.submit(_read_block, frame.fd, files, dirs, self.chunker, warm)
+        frame.jobs.append(job)
+        for slot, entry in enumerate(entries):
+            entry.job, entry.slot = job, slot
+
+    def _visit(self, frame: _DirFrame, entry: _Entry) -> _DirFrame | None:
         """Store one entry of `frame`; return a frame to descend into, if a dir."""
-        path, rel = frame.child_paths(name)
-        try:
-            st = os.stat(name, dir_fd=frame.fd, follow_symlinks=False)
-        except OSError as e:
-            self._skip(path, e.strerror or str(e))
+        name, path, st = entry.name, entry.path, entry.st
+        if entry.error is not None:
+            self._skip(path, entry.error)
             return None
-        is_dir = statmod.S_ISDIR(st.st_mode)
-        if self.exclude is not None and self.exclude(rel, is_dir):
-            return None
-        if is_dir:
-            return self._open_dir(frame.fd, name, path, rel, st)
+        if statmod.S_ISDIR(st.st_mode):
+            return self._open_dir(frame.fd, name, path, entry.rel, st)
         self._defer_to, self._unchecked = frame, False
         try:
-            ref = self._put_leaf(frame.fd, name, path, st)
+            ref = self._put_leaf(frame.fd, name, path, st, entry)
         finally:
             self._defer_to = None
         if ref is not None:
@@ -323,6 +403,8 @@ class _Walker:
     def _finish_dir(self, frame: _DirFrame) -> BlobRef:
         """The directory's blob: from the stat cache when built from the same
         inputs before (an unchanged subtree costs no JSON and no hashing)."""
+        for job in frame.jobs:  # done by now, all but surely: they use frame.fd
+            job.result()
         try:
             return self._dir_blob(frame)
         finally:
@@ -390,11 +472,12 @@ class _Walker:
 
     # everything but directories
 
-    def _put_leaf(self, dir_fd: int, name: bytes | None, path: bytes, st) -> BlobRef | None:
+    def _put_leaf(self, dir_fd: int, name: bytes | None, path: bytes, st,
+                  entry: _Entry | None = None) -> BlobRef | None:
         mode = st.st_mode
         try:
             if statmod.S_ISREG(mode):
-                return self._put_file(dir_fd, name, path, st)
+                return self._put_file(dir_fd, name, path, st, entry)
             if statmod.S_ISLNK(mode):
                 target = os.readlink(name, dir_fd=dir_fd)
                 self.result.symlinks += 1
@@ -409,18 +492,34 @@ class _Walker:
         self._skip(path, "device files are not backed up")
         return None
 
-    def _put_file(self, dir_fd: int, name: bytes, path: bytes, st) -> BlobRef:
-        cached = self._cached(path, st)
+    def _put_file(self, dir_fd: int, name: bytes, path: bytes, st,
+                  entry: _Entry | None = None) -> BlobRef:
+        cached = self._cached(path, st, _NOT_LOOKED_UP if entry is None else entry.cached)
         if cached is not None:
             return cached
-        fd = _open_for_reading(dir_fd, name)
-        try:
-            st = os.fstat(fd)
-            if not statmod.S_ISREG(st.st_mode):
-                raise OSError(errno.EAGAIN, "replaced by a non-file during backup")
-            parts = self._read_parts(fd, path)
-        finally:
-            os.close(fd)
+        read = None
+        if entry is not None and entry.job is not None:
+            results = entry.job.result()
+            read, results[entry.slot] = results[entry.slot], None  # the frame keeps the job
+            if isinstance(read, OSError):
+                raise read
+        if read is not None and read[1] is not None:
+            st, data = read
+            # Copied on this thread, so the reader's buffer is freed now: the
+            # reader's malloc arena then stays a job big, instead of holding
+            # what waits to be sealed (2 GiB bench peak RSS: 184 -> 170 MiB).
+            data = bytes(memoryview(data))
+            parts = [Part(len(data), blob_ref=self.sink.put_data(data))] if data else []
+            self.result.bytes_read += len(data)
+            if data:
+                self._emit(BytesRead(os.fsdecode(path), len(data)))
+        else:  # not read ahead, or not as one chunk
+            fd = _open_for_reading(dir_fd, name)
+            try:
+                st = _fstat_file(fd)
+                parts = self._read_parts(fd, path)
+            finally:
+                os.close(fd)
         parts = fit_parts(parts, self.sink, self.max_parts)
         blob = FileBlob(name, tuple(parts), self._meta(st), link_group=link_group(st))
         ref = _put_blob(self.sink, blob)
@@ -431,13 +530,14 @@ class _Walker:
         self._emit(FileStored(os.fsdecode(path), blob.size, False))
         return ref
 
-    def _cached(self, path: bytes, st) -> BlobRef | None:
-        """The stat cache's ref for an unchanged file. Inside a directory the
-        sink is asked about it later, once for the whole directory when the
-        directory is unchanged too (`_finish_dir`); elsewhere now."""
+    def _cached(self, path: bytes, st, looked_up=_NOT_LOOKED_UP) -> BlobRef | None:
+        """The stat cache's ref for an unchanged file (`looked_up`: its answer,
+        if asked already). Inside a directory the sink is asked about it
+        later, once for the whole directory when the directory is unchanged
+        too (`_finish_dir`); elsewhere now."""
         if self.stat_cache is None or self._read_again:
             return None
-        ref = self.stat_cache.lookup(path, st)
+        ref = self.stat_cache.lookup(path, st) if looked_up is _NOT_LOOKED_UP else looked_up
         if ref is None:
             return None
         if self._defer_to is not None:
@@ -478,6 +578,64 @@ class _Walker:
             except KeyError:
                 self._groups[gid] = None
         return self._groups[gid]
+
+
+def _read_block(dir_fd: int, files: list[bytes], dirs: list[bytes], params,
+                warm: bool) -> list:
+    """A read-ahead job, on a reader thread: for each of `files` (small
+    files), (its fstat, its content) or (its fstat, None) when it is not one
+    chunk any more, or the OSError met. Syscalls and all: the walker
+    meanwhile holds the GIL only for Python. Then `_list_dir` each of `dirs`."""
+    results: list = []
+    for name in files:
+        try:
+            fd = _open_for_reading(dir_fd, name)
+            try:
+                st = _fstat_file(fd)
+                results.append((st, read_small(fd, st, params)))
+            finally:
+                os.close(fd)
+        except OSError as e:
+            results.append(e)
+    for name in dirs:
+        _list_dir(dir_fd, name, params.min_size if warm else 0)
+    return results
+
+
+def _list_dir(dir_fd: int, name: bytes, warm: int) -> None:
+    """List a subdirectory once so that its blocks are in the page cache
+    when the walker lists it (a cold directory costs a disk read, and a tree
+    may have many small ones). With `warm`, also ask the kernel to start
+    reading the first `warm` bytes of its files (no wait, no copy), so the
+    walker's reads of them meet less of the disk's latency."""
+    try:
+        fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    except OSError:
+        return  # the walker meets and reports the error itself
+    try:
+        with os.scandir(fd) as entries:
+            files = [e.name for e in entries if warm and e.is_file(follow_symlinks=False)]
+        for file in files:
+            try:
+                file_fd = _open_for_reading(fd, os.fsencode(file))
+            except OSError:
+                continue
+            try:
+                os.posix_fadvise(file_fd, 0, warm, os.POSIX_FADV_WILLNEED)
+            finally:
+                os.close(file_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fstat_file(fd: int) -> os.stat_result:
+    """The open file's stat, if it is (still) a regular file."""
+    st = os.fstat(fd)
+    if not statmod.S_ISREG(st.st_mode):
+        raise OSError(errno.EAGAIN, "replaced by a non-file during backup")
+    return st
 
 
 def _open_for_reading(dir_fd: int, name: bytes) -> int:

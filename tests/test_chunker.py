@@ -151,3 +151,20 @@ def test_sparse_off_reads_everything(tmp_path):
 def test_bad_params_are_refused(kw):
     with pytest.raises(ValueError):
         ChunkerParams(**kw)
+
+
+def test_read_small_reads_a_small_file_whole_or_says_no(tmp_path):
+    from pkvc.chunker import read_small
+    path = tmp_path / "f"
+    path.write_bytes(b"hello")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        st = os.fstat(fd)
+        assert read_small(fd, st, SMALL) == b"hello"
+        with open(path, "ab") as f:
+            f.write(b" world")  # it grew since `st`: chunk it instead
+        assert read_small(fd, st, SMALL) is None
+        assert read_small(fd, os.fstat(fd), ChunkerParams(min_size=64, avg_size=256,
+                                                          max_size=1024)) == b"hello world"
+    finally:
+        os.close(fd)

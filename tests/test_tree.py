@@ -393,3 +393,53 @@ def test_put_stream(tmp_path):
     store = MemStore()
     ref = put_stream(lambda n: next(chunks), store, b"stdin", chunker=SMALL, max_parts=4)
     assert read_file_bytes(ref, store) == data and _blob(store, ref).name == b"stdin"
+
+
+def test_files_read_ahead_give_the_refs_of_files_read_alone(tmp_path):
+    """Many files per directory (several read-ahead blocks and jobs), many
+    subdirectories, and files big enough to be chunked, mixed: each file's
+    ref is the one a walk of that file alone gives (no read-ahead there)."""
+    root = tmp_path / "src"
+    for d in range(12):
+        sub = root / f"d{d:02}" / "deeper" if d % 3 == 0 else root / f"d{d:02}"
+        sub.mkdir(parents=True)
+        for i in range(75 if d == 5 else 4):
+            size = 3 * KiB if i % 7 == 3 else i * 37
+            (sub / f"f{i:03}").write_bytes(os.urandom(size))
+    store, alone = MemStore(), MemStore()
+    result = put_path(root, store, chunker=SMALL)
+    assert result.errors == [] and result.files == 11 * 4 + 75
+    found = 0
+    for dirpath, _, names in os.walk(root):
+        listing = _children(store, _find_dir(store, result.ref, Path(dirpath).relative_to(root)))
+        for name in names:
+            ref = put_path(Path(dirpath) / name, alone, chunker=SMALL).ref
+            assert store.get(ref) == alone.get(ref)
+            assert listing[name.encode()] == _blob(alone, ref)
+            found += 1
+    assert found == result.files
+
+
+def _find_dir(store, ref, rel: Path):
+    for part in rel.parts:
+        d = _blob(store, ref)
+        ref = next(r for r in _blob(store, d.entries).members
+                   if _blob(store, r).name == part.encode())
+    return ref
+
+
+def test_a_read_ahead_job_reports_each_file_it_cannot_read(tmp_path):
+    from pkvc.tree import _read_block
+    (tmp_path / "small").write_bytes(b"abc")
+    (tmp_path / "big").write_bytes(b"x" * (2 * KiB))
+    os.mkfifo(tmp_path / "fifo")
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        small, big, missing, fifo = _read_block(fd, [b"small", b"big", b"gone", b"fifo"],
+                                                [b"gone-dir"], SMALL, True)
+    finally:
+        os.close(fd)
+    assert small[1] == b"abc" and small[0].st_size == 3
+    assert big[1] is None  # not one chunk: the walker chunks it itself
+    assert isinstance(missing, FileNotFoundError)
+    assert isinstance(fifo, OSError) and "replaced by a non-file" in str(fifo)

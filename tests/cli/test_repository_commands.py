@@ -115,3 +115,4 @@ def test_key_add_list_remove_passwd(initialized, tmp_path):
 def test_help_lists_exit_codes(pkvc):
     out = pkvc.ok("--help").out
     assert "130" in out and "wrong password" in out
+

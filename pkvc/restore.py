@@ -12,6 +12,9 @@ destination, is ever followed: nothing is written outside `dest_dir`.
 Reads go by batch, not by blob, when the source has `get_many` (the
 repository reads them by pack): a directory's entries together, and file
 contents in batches of pieces written at their offsets as blobs arrive.
+The walk (reading and checking directories, making them, planning each
+file's pieces) runs on the caller's thread; a writer thread creates the
+files and writes, sizes and closes them, so the two overlap.
 
 Order: contents first, then mode and mtime of each file; a directory's
 owner, mode and mtime when all of it is done (deepest first), so writing
@@ -27,7 +30,9 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import queue
 import stat as statmod
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -212,6 +217,8 @@ class _Restorer:
         self.links: dict[str, _LinkGroup] = {}
         self.root_fd = -1
         self.as_root = os.geteuid() == 0
+        self.lock = threading.Lock()  # results, events and link groups: both threads use them
+        self.open_fds: set[int] = set()  # files and directories opened here, not yet closed
         self.content = _Content(self)
         self._ids: dict[tuple, int] = {}  # (kind, name, number) -> local id
 
@@ -232,7 +239,7 @@ class _Restorer:
                 self._walk(_DirFrame(self.root_fd, dest, (), blob if created else None, ref, entries))
             else:
                 self._place_top(blob, ref, dest, name)
-            self.content.flush()
+            self.content.finish()
         finally:
             self.content.abandon()
             os.close(self.root_fd)
@@ -251,12 +258,23 @@ class _Restorer:
 
     def _emit(self, event) -> None:
         if self.progress is not None:
-            self.progress(event)
+            with self.lock:
+                self.progress(event)
 
     def _fail(self, path: bytes, message: str) -> None:
         shown = os.fsdecode(path)
-        self.result.errors.append((shown, message))
+        with self.lock:
+            self.result.errors.append((shown, message))
         self._emit(EntryNotRestored(shown, message))
+
+    def _open(self, name: bytes, flags: int, dir_fd: int, mode: int = 0o600) -> int:
+        fd = os.open(name, flags, mode, dir_fd=dir_fd)
+        self.open_fds.add(fd)
+        return fd
+
+    def _close(self, fd: int) -> None:
+        self.open_fds.discard(fd)
+        os.close(fd)
 
     # reading and checking a directory before writing any of it
 
@@ -307,23 +325,20 @@ class _Restorer:
     # the walk: one open fd per level, iteratively
 
     def _walk(self, top: _DirFrame) -> None:
+        """Depth first; on an error the open directories are closed by
+        `_Content.abandon`, once the writer no longer uses them."""
         stack = [top]
-        try:
-            while stack:
-                frame = stack[-1]
-                if frame.next < len(frame.entries):
-                    name, ref, blob = frame.entries[frame.next]
-                    frame.next += 1
-                    child = self._enter(frame, name, ref, blob, stack)
-                    if child is not None:
-                        stack.append(child)
-                    continue
-                stack.pop()
-                self.content.finish_dir(frame)  # after its files' contents
-        finally:
-            for frame in stack:
-                if frame.fd != self.root_fd:
-                    os.close(frame.fd)
+        while stack:
+            frame = stack[-1]
+            if frame.next < len(frame.entries):
+                name, ref, blob = frame.entries[frame.next]
+                frame.next += 1
+                child = self._enter(frame, name, ref, blob, stack)
+                if child is not None:
+                    stack.append(child)
+                continue
+            stack.pop()
+            self.content.finish_dir(frame)  # after its files' contents
 
     def _enter(self, frame: _DirFrame, name: bytes, ref: BlobRef, blob: Node, stack) -> _DirFrame | None:
         path = os.path.join(frame.path, name)
@@ -347,7 +362,7 @@ class _Restorer:
         elif not statmod.S_ISDIR(existing.st_mode):
             self._clear(parent_fd, name, existing)
             os.mkdir(name, 0o700, dir_fd=parent_fd)
-        return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+        return self._open(name, _DIR_FLAGS, parent_fd)
 
     def _finish_dir(self, frame: _DirFrame) -> None:
         try:
@@ -359,7 +374,7 @@ class _Restorer:
             self._fail(frame.path, e.strerror or str(e))
         finally:
             if frame.fd != self.root_fd:
-                os.close(frame.fd)
+                self._close(frame.fd)
 
     # leaves
 
@@ -392,14 +407,20 @@ class _Restorer:
         os.unlink(name, dir_fd=dir_fd)  # unlinks a symlink itself, never its target
 
     def _place_file(self, dir_fd: int, rel: tuple, path: bytes, name: bytes, blob: FileBlob) -> bool:
-        """A hard link (True: done), or a new file whose content is queued."""
-        if blob.link_group is not None and self._link(dir_fd, name, blob.link_group):
-            self.links[blob.link_group].linked.append(path)
-            return True
-        fd = os.open(name, _NEW_FILE_FLAGS, 0o600, dir_fd=dir_fd)
-        if blob.link_group is not None and blob.link_group not in self.links:
-            self.links[blob.link_group] = _LinkGroup(rel, name, path)
-        self.content.add(fd, blob, path)
+        """A hard link (True: done), or a new file whose content is queued.
+        The writer thread creates a file, unless it is the first of a link
+        group: that one is created here, so that it exists to be linked to."""
+        f = _PendingFile(blob, path, dir_fd, name)
+        group = blob.link_group
+        if group is not None:
+            with self.lock:
+                if self._link(dir_fd, name, group):
+                    self.links[group].linked.append(path)
+                    return True
+                f.fd = self._open(name, _NEW_FILE_FLAGS, dir_fd)
+                if group not in self.links:
+                    self.links[group] = _LinkGroup(rel, name, path)
+        self.content.add(f)
         return False
 
     def _file_failed(self, blob: FileBlob, path: bytes, message: str) -> None:
@@ -407,19 +428,22 @@ class _Restorer:
         links made meanwhile (they are the same file); later ones get copies."""
         self._fail(path, message)
         group = blob.link_group
-        if group is None or group not in self.links or self.links[group].path != path:
-            return
-        for linked in self.links.pop(group).linked:
-            self.result.hardlinks -= 1
-            self._fail(linked, f"hard link to {os.fsdecode(path)}, which was not restored")
+        with self.lock:
+            if group is None or group not in self.links or self.links[group].path != path:
+                return
+            linked = self.links.pop(group).linked
+            self.result.hardlinks -= len(linked)
+        for path_linked in linked:
+            self._fail(path_linked, f"hard link to {os.fsdecode(path)}, which was not restored")
 
-    def _file_done(self, fd: int, blob: FileBlob, path: bytes, size: int) -> None:
+    def _file_done(self, fd: int, blob: FileBlob, size: int) -> None:
         os.ftruncate(fd, size)  # keeps a trailing hole a hole
         self._apply_meta(fd, blob, 0o644)
         self.result.files += 1
 
     def _link(self, dir_fd: int, name: bytes, group: str) -> bool:
-        """Hard-link to the group's first file; False to write a copy instead."""
+        """Hard-link to the group's first file; False to write a copy instead
+        (called holding `lock`)."""
         first = self.links.get(group)
         if first is None:
             return False
@@ -492,14 +516,27 @@ class _Restorer:
         return ids[user], ids[group]
 
 
-@dataclass
+@dataclass(eq=False)
 class _PendingFile:
-    fd: int
     blob: FileBlob
     path: bytes
-    size: int = 0  # where its content ends (known once all of it is queued)
+    dir_fd: int
+    name: bytes
+    fd: int = -1    # opened by the writer thread (here already if it heads a link group)
+    size: int = 0   # where its content ends (known once all of it is queued)
     complete: bool = False
     failed: str | None = None
+
+
+@dataclass
+class _Batch:
+    """What the writer thread does in one go, in this order."""
+
+    new: list[_PendingFile]   # files to create, in walk order
+    pieces: dict              # blob ref -> [(file, offset in file, offset in blob, size)]
+    data: Iterator | None     # (ref, bytes) of those blobs: read lazily, by the writer
+    done: list[_PendingFile]  # files all of whose pieces are written by now
+    dirs: list[_DirFrame]     # directories all of whose files are done by now
 
 
 class _Content:
@@ -509,21 +546,26 @@ class _Content:
     Files stay open until their batch is written, then get their size and
     metadata; directories popped meanwhile get theirs after that. A batch
     holds at most BATCH_PIECES pieces and BATCH_OPEN open files and
-    directories (a bigger file spans batches), never the data itself."""
+    directories (a bigger file spans batches), never the data itself.
+
+    The walk plans batches here (and looks their blobs up: the index stays
+    on the caller's thread); `_Writer` carries them out behind it."""
 
     def __init__(self, restorer: "_Restorer"):
         self.r = restorer
         self.files: list[_PendingFile] = []
+        self.new: list[_PendingFile] = []
         self.dirs: list[_DirFrame] = []
         self.pieces: dict[BlobRef, list[tuple[_PendingFile, int, int, int]]] = {}
         self.count = 0
+        self.writer = _Writer(restorer)
 
-    def add(self, fd: int, blob: FileBlob, path: bytes) -> None:
+    def add(self, f: _PendingFile) -> None:
         """Queue a new file's content (the file now belongs to this object)."""
-        f = _PendingFile(fd, blob, path)
         self.files.append(f)
+        self.new.append(f)
         pos = 0
-        for n, ref, start in _spans(blob.parts, self.r.source, 0, blob.size, 0, frozenset()):
+        for n, ref, start in _spans(f.blob.parts, self.r.source, 0, f.blob.size, 0, frozenset()):
             if ref is not None:
                 self.pieces.setdefault(ref, []).append((f, pos, start, n))
                 self.count += 1
@@ -541,21 +583,111 @@ class _Content:
 
     def flush(self) -> None:
         pieces, self.pieces, self.count = self.pieces, {}, 0
-        if pieces:
-            self._write(pieces)
+        data = _get_many(self.r.source, pieces) if pieces else None
         done = [f for f in self.files if f.complete]
         self.files = [f for f in self.files if not f.complete]
-        for f in done:
-            self._finish(f)
-        dirs, self.dirs = self.dirs, []
-        for frame in dirs:  # deepest first, as they were popped
-            self.r._finish_dir(frame)
+        batch = _Batch(self.new, pieces, data, done, self.dirs)
+        self.new, self.dirs = [], []
+        self.writer.submit(batch)
 
-    def _write(self, pieces: dict) -> None:
+    def finish(self) -> None:
+        """Write what is queued and wait for the writer; its error, if any, is raised here."""
+        self.flush()
+        self.writer.finish()
+
+    def abandon(self) -> None:
+        """At the end, or after an error: stop the writer, close whatever is still open."""
+        self.writer.stop()
+        for fd in list(self.r.open_fds):
+            self.r._close(fd)
+        self.files, self.new, self.dirs, self.pieces = [], [], [], {}
+
+
+class _Writer:
+    """The thread that creates files and writes their contents, batch after
+    batch, while the walk plans the next ones: opening, writing, truncating,
+    chmod and close release the GIL, so they overlap the walk's Python work.
+    At most one batch waits for it. Its error (a damaged or missing blob) is
+    raised on the walk's thread at the next batch or at the end; a stop
+    (an error or Ctrl-C there) ends it between two blobs."""
+
+    def __init__(self, restorer: "_Restorer"):
+        self.r = restorer
+        self.queue: queue.Queue = queue.Queue(maxsize=1)
+        self.thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+        self.stopping = False
+
+    def submit(self, batch: _Batch) -> None:
+        self._raise_error()
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._run, name="pkvc-restore-write", daemon=True)
+            self.thread.start()
+        self.queue.put(batch)
+
+    def finish(self) -> None:
+        if self.thread is not None:
+            self.queue.put(None)
+            self.thread.join()
+            self.thread = None
+        self._raise_error()
+
+    def stop(self) -> None:
+        self.stopping = True
+        if self.thread is None:
+            return
+        try:
+            while True:  # batches not started: their files are closed by `abandon`
+                self.queue.get_nowait()
+        except queue.Empty:
+            pass
+        self.queue.put(None)
+        self.thread.join()
+        self.thread = None
+
+    def _raise_error(self) -> None:
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+
+    def _run(self) -> None:
+        while (batch := self.queue.get()) is not None:
+            if self.stopping or self.error is not None:
+                continue
+            try:
+                self._write_batch(batch)
+            except BaseException as e:  # noqa: BLE001 - raised again on the walk's thread
+                self.error = e
+
+    def _write_batch(self, batch: _Batch) -> None:
+        r = self.r
+        for f in batch.new:
+            if f.fd < 0:
+                try:
+                    f.fd = r._open(f.name, _NEW_FILE_FLAGS, f.dir_fd)
+                except OSError as e:
+                    f.failed = e.strerror or str(e)
+        if batch.data is not None:
+            try:
+                self._write(batch.pieces, batch.data)
+            finally:
+                close = getattr(batch.data, "close", None)
+                if close is not None:
+                    close()  # cancels reads still under way
+        if self.stopping:
+            return
+        for f in batch.done:
+            self._finish(f)
+        for frame in batch.dirs:  # deepest first, as they were popped
+            r._finish_dir(frame)
+
+    def _write(self, pieces: dict, data: Iterator) -> None:
         result, emit = self.r.result, self.r._emit
-        for ref, data in _get_many(self.r.source, pieces):
+        for ref, blob_data in data:
+            if self.stopping:
+                return
             for f, pos, start, n in pieces[ref]:
-                piece = _slice(data, ref, start, n)
+                piece = _slice(blob_data, ref, start, n)
                 if f.failed is not None:
                     continue
                 try:
@@ -567,26 +699,19 @@ class _Content:
                 emit(BytesWritten(os.fsdecode(f.path), n))
 
     def _finish(self, f: _PendingFile) -> None:
+        r = self.r
         try:
             if f.failed is None:
-                self.r._file_done(f.fd, f.blob, f.path, f.size)
+                r._file_done(f.fd, f.blob, f.size)
         except OSError as e:
             f.failed = e.strerror or str(e)
         finally:
-            os.close(f.fd)
+            if f.fd >= 0:
+                r._close(f.fd)
         if f.failed is not None:
-            self.r._file_failed(f.blob, f.path, f.failed)
+            r._file_failed(f.blob, f.path, f.failed)
         else:
-            self.r._emit(EntryRestored(os.fsdecode(f.path), f.blob.camli_type))
-
-    def abandon(self) -> None:
-        """After an error: close whatever is still open."""
-        for f in self.files:
-            os.close(f.fd)
-        for frame in self.dirs:
-            if frame.fd != self.r.root_fd:
-                os.close(frame.fd)
-        self.files, self.dirs, self.pieces = [], [], {}
+            r._emit(EntryRestored(os.fsdecode(f.path), f.blob.camli_type))
 
 
 def _local_id(name, number, by_name, by_id, attr: str) -> int:

@@ -160,6 +160,9 @@ class Repository:
         self._lease_renewed = 0.0  # time.monotonic() when the lease was last stored
         self._lease_lapsed = False
         self._view = PlanView()
+        # get_many's iterator may be consumed on another thread (restore's
+        # writer), whose fallback reads consult the index: reads lock it.
+        self._read_lock = threading.RLock()
         self._index_dir = Path(cache_dir) / config.id / "index"
         self.index = self._open_index()
         self.refresh_plans(strict=False)  # writers read them again, strictly, with their lease
@@ -371,10 +374,11 @@ class Repository:
         """The blob's bytes, verified against `ref`; IntegrityError if they differ."""
         if ref in self._unflushed:
             self.flush()
-        loc = self.index.lookup(ref)
-        if loc is None:
-            self.sync_index()  # another process may have written it since we opened
+        with self._read_lock:
             loc = self.index.lookup(ref)
+            if loc is None:
+                self.sync_index()  # another process may have written it since we opened
+                loc = self.index.lookup(ref)
         if loc is None:
             raise BlobNotFoundError(f"blob {ref} is not in the repository")
         try:
@@ -388,6 +392,8 @@ class Repository:
         """(ref, bytes) of each blob once, verified like `get`, in pack order
         (not the order given): neighbouring blobs come from one read, and reads
         are decoded in a few threads, a bounded number ahead of the consumer.
+        The blobs are looked up here; the iterator may then be consumed on
+        another thread.
 
         A blob that is not stored raises BlobNotFoundError before anything is
         read (with `skip_missing` it is left out); a damaged one raises
@@ -407,6 +413,11 @@ class Repository:
 
     def _locate_all(self, refs: Iterable[BlobRef],
                     skip_missing: bool) -> list[tuple[BlobRef, Location]]:
+        with self._read_lock:
+            return self._locate_all_locked(refs, skip_missing)
+
+    def _locate_all_locked(self, refs: Iterable[BlobRef],
+                           skip_missing: bool) -> list[tuple[BlobRef, Location]]:
         found, missing = [], []
         for ref in refs:
             loc = self.index.lookup(ref)
@@ -491,6 +502,11 @@ class Repository:
                         error: BackendError) -> tuple[Location, bytes]:
         """The pack went away under us (a gc deletes a pack only after copying
         what stays in it): catch up with the index and read another copy."""
+        with self._read_lock:
+            return self._load_elsewhere_locked(ref, failed, error)
+
+    def _load_elsewhere_locked(self, ref: BlobRef, failed: Location,
+                               error: BackendError) -> tuple[Location, bytes]:
         self.sync_index()
         tried = {failed.pack_id}
         for _ in range(2):

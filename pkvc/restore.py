@@ -12,6 +12,9 @@ destination, is ever followed: nothing is written outside `dest_dir`.
 Reads go by batch, not by blob, when the source has `get_many` (the
 repository reads them by pack): a directory's entries together, and file
 contents in batches of pieces written at their offsets as blobs arrive.
+The walk (reading and checking directories, making them, planning each
+file's pieces) runs on the caller's thread; a writer thread creates the
+files and writes, sizes and closes them, so the two overlap.
 
 Order: contents first, then mode and mtime of each file; a directory's
 owner, mode and mtime when all of it is done (deepest first), so writing
@@ -27,7 +30,9 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import queue
 import stat as statmod
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -44,7 +49,9 @@ MAX_BYTES_DEPTH = 32      # nesting of bytes blobs; pkvc's own files need ~3
 MAX_SET_DEPTH = 8         # nesting of mergeSets; Perkeep's rule needs 2 for 10^8 entries
 STREAM_BLOCK = 1 << 20    # holes are streamed as zeros in blocks of this size
 LISTING_BATCH = 4096      # directory entries read together
+AHEAD_LIMIT = 4 * LISTING_BATCH  # listing blobs read ahead and not yet used, at most
 BATCH_PIECES = 4096       # pieces of file content fetched together (see _Content)
+WRITER_THREAD = True
 BATCH_OPEN = 256          # files and directories held open until their batch is written
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -192,6 +199,7 @@ class _DirFrame:
     blob: DirectoryBlob | None          # None: dest_dir that existed, leave its metadata
     ref: BlobRef | None
     entries: list[tuple[bytes, BlobRef, Node]]
+    fresh: bool = False  # made by this restore: nothing in it to look for or clear
     next: int = 0
 
 
@@ -212,8 +220,11 @@ class _Restorer:
         self.links: dict[str, _LinkGroup] = {}
         self.root_fd = -1
         self.as_root = os.geteuid() == 0
+        self.lock = threading.Lock()  # results, events and link groups: both threads use them
+        self.open_fds: set[int] = set()  # files and directories opened here, not yet closed
         self.content = _Content(self)
         self._ids: dict[tuple, int] = {}  # (kind, name, number) -> local id
+        self.ahead: dict[BlobRef, bytes] = {}  # subdirectories' listing blobs, read ahead
 
     def run(self, ref: BlobRef, dest: bytes, name: bytes | None) -> RestoreResult:
         blob = self._node(ref, dest)
@@ -229,10 +240,11 @@ class _Restorer:
             raise PkvcError(f"cannot restore into {os.fsdecode(dest)}: {e.strerror}") from None
         try:
             if entries is not None:
-                self._walk(_DirFrame(self.root_fd, dest, (), blob if created else None, ref, entries))
+                self._walk(_DirFrame(self.root_fd, dest, (), blob if created else None, ref, entries,
+                                     fresh=created))
             else:
                 self._place_top(blob, ref, dest, name)
-            self.content.flush()
+            self.content.finish()
         finally:
             self.content.abandon()
             os.close(self.root_fd)
@@ -251,12 +263,23 @@ class _Restorer:
 
     def _emit(self, event) -> None:
         if self.progress is not None:
-            self.progress(event)
+            with self.lock:
+                self.progress(event)
 
     def _fail(self, path: bytes, message: str) -> None:
         shown = os.fsdecode(path)
-        self.result.errors.append((shown, message))
+        with self.lock:
+            self.result.errors.append((shown, message))
         self._emit(EntryNotRestored(shown, message))
+
+    def _open(self, name: bytes, flags: int, dir_fd: int, mode: int = 0o600) -> int:
+        fd = os.open(name, flags, mode, dir_fd=dir_fd)
+        self.open_fds.add(fd)
+        return fd
+
+    def _close(self, fd: int) -> None:
+        self.open_fds.discard(fd)
+        os.close(fd)
 
     # reading and checking a directory before writing any of it
 
@@ -283,13 +306,47 @@ class _Restorer:
                                   f"named {child.name!r}")
             names.add(child.name)
             entries.append((child.name, member, child))
+        self._read_ahead(entries)
         return entries
+
+    def _read_ahead(self, entries: list[tuple[bytes, BlobRef, Node]]) -> None:
+        """Read the listings of a directory's subdirectories together before
+        the walk enters them one by one: two batched reads in place of two
+        small ones per subdirectory. Nothing is checked here; what is read
+        is checked when it is used, and a failed read is simply tried again then."""
+        sets = [child.entries for _, _, child in entries if isinstance(child, DirectoryBlob)]
+        if len(sets) < 2 or len(self.ahead) >= AHEAD_LIMIT:
+            return
+        members: dict[BlobRef, None] = {}
+        try:
+            for ref, data in _get_many(self.source, sets):
+                self.ahead[ref] = data
+                blob = parse_blob(data)
+                if isinstance(blob, StaticSetBlob) and not blob.merge_sets:
+                    members.update(dict.fromkeys(blob.members))
+            wanted = [ref for ref in members if ref not in self.ahead][:LISTING_BATCH]
+            self.ahead.update(_get_many(self.source, wanted))
+        except (PkvcError, ValueError):
+            pass
+
+    def _read_listed(self, refs: list[BlobRef]) -> dict[BlobRef, bytes]:
+        """The blobs' bytes: those read ahead, and the others read now, together."""
+        found, wanted = {}, []
+        for ref in refs:
+            data = self.ahead.pop(ref, None)
+            if data is not None:
+                found[ref] = data
+            elif ref not in found:
+                wanted.append(ref)
+        if wanted:
+            found.update(_get_many(self.source, wanted))
+        return found
 
     def _nodes(self, members: list[BlobRef], where: bytes) -> Iterator[tuple[BlobRef, Node]]:
         """Each member's node in order; read LISTING_BATCH at a time, together."""
         for at in range(0, len(members), LISTING_BATCH):
             batch = members[at:at + LISTING_BATCH]
-            found = dict(_get_many(self.source, batch))
+            found = self._read_listed(batch)
             for member in batch:
                 yield member, self._parsed_node(member, found[member], where)
 
@@ -297,7 +354,8 @@ class _Restorer:
         if depth > MAX_SET_DEPTH or set_ref in seen:
             raise SchemaError(f"static-set {set_ref} nests too deep or repeats")
         seen.add(set_ref)
-        blob = parse_blob(self.source.get(set_ref))
+        data = self.ahead.pop(set_ref, None)
+        blob = parse_blob(data if data is not None else self.source.get(set_ref))
         if not isinstance(blob, StaticSetBlob):
             raise SchemaError(f"directory entries {set_ref} is a {blob.camli_type}, not a static-set")
         if not blob.merge_sets:
@@ -307,47 +365,45 @@ class _Restorer:
     # the walk: one open fd per level, iteratively
 
     def _walk(self, top: _DirFrame) -> None:
+        """Depth first; on an error the open directories are closed by
+        `_Content.abandon`, once the writer no longer uses them."""
         stack = [top]
-        try:
-            while stack:
-                frame = stack[-1]
-                if frame.next < len(frame.entries):
-                    name, ref, blob = frame.entries[frame.next]
-                    frame.next += 1
-                    child = self._enter(frame, name, ref, blob, stack)
-                    if child is not None:
-                        stack.append(child)
-                    continue
-                stack.pop()
-                self.content.finish_dir(frame)  # after its files' contents
-        finally:
-            for frame in stack:
-                if frame.fd != self.root_fd:
-                    os.close(frame.fd)
+        while stack:
+            frame = stack[-1]
+            if frame.next < len(frame.entries):
+                name, ref, blob = frame.entries[frame.next]
+                frame.next += 1
+                child = self._enter(frame, name, ref, blob, stack)
+                if child is not None:
+                    stack.append(child)
+                continue
+            stack.pop()
+            self.content.finish_dir(frame)  # after its files' contents
 
     def _enter(self, frame: _DirFrame, name: bytes, ref: BlobRef, blob: Node, stack) -> _DirFrame | None:
         path = os.path.join(frame.path, name)
         if not isinstance(blob, DirectoryBlob):
-            self._place(frame.fd, frame.rel, path, name, blob)
+            self._place(frame.fd, frame.rel, path, name, blob, frame.fresh)
             return None
         if any(f.ref == ref for f in stack):
             raise SchemaError(f"directory {os.fsdecode(path)} ({ref}) contains itself")
         entries = self._listing(blob, ref, path)
         try:
-            fd = self._make_dir(frame.fd, name)
+            fd, fresh = self._make_dir(frame.fd, name, frame.fresh)
         except OSError as e:
             self._fail(path, e.strerror or str(e))
             return None
-        return _DirFrame(fd, path, frame.rel + (name,), blob, ref, entries)
+        return _DirFrame(fd, path, frame.rel + (name,), blob, ref, entries, fresh)
 
-    def _make_dir(self, parent_fd: int, name: bytes) -> int:
-        existing = _lstat_or_none(parent_fd, name)
-        if existing is None:
-            os.mkdir(name, 0o700, dir_fd=parent_fd)
-        elif not statmod.S_ISDIR(existing.st_mode):
+    def _make_dir(self, parent_fd: int, name: bytes, parent_fresh: bool) -> tuple[int, bool]:
+        """An fd of the directory, and whether this made it."""
+        existing = None if parent_fresh else _lstat_or_none(parent_fd, name)
+        if existing is not None and statmod.S_ISDIR(existing.st_mode):
+            return self._open(name, _DIR_FLAGS, parent_fd), False
+        if existing is not None:
             self._clear(parent_fd, name, existing)
-            os.mkdir(name, 0o700, dir_fd=parent_fd)
-        return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+        os.mkdir(name, 0o700, dir_fd=parent_fd)
+        return self._open(name, _DIR_FLAGS, parent_fd), True
 
     def _finish_dir(self, frame: _DirFrame) -> None:
         try:
@@ -359,13 +415,15 @@ class _Restorer:
             self._fail(frame.path, e.strerror or str(e))
         finally:
             if frame.fd != self.root_fd:
-                os.close(frame.fd)
+                self._close(frame.fd)
 
     # leaves
 
-    def _place(self, dir_fd: int, rel: tuple, path: bytes, name: bytes, blob: Node) -> None:
+    def _place(self, dir_fd: int, rel: tuple, path: bytes, name: bytes, blob: Node,
+               fresh: bool = False) -> None:
+        """`fresh`: `dir_fd` was made by this restore, so `name` cannot exist yet."""
         try:
-            existing = _lstat_or_none(dir_fd, name)
+            existing = None if fresh else _lstat_or_none(dir_fd, name)
             if existing is not None:
                 self._clear(dir_fd, name, existing)
             if isinstance(blob, FileBlob):
@@ -392,14 +450,20 @@ class _Restorer:
         os.unlink(name, dir_fd=dir_fd)  # unlinks a symlink itself, never its target
 
     def _place_file(self, dir_fd: int, rel: tuple, path: bytes, name: bytes, blob: FileBlob) -> bool:
-        """A hard link (True: done), or a new file whose content is queued."""
-        if blob.link_group is not None and self._link(dir_fd, name, blob.link_group):
-            self.links[blob.link_group].linked.append(path)
-            return True
-        fd = os.open(name, _NEW_FILE_FLAGS, 0o600, dir_fd=dir_fd)
-        if blob.link_group is not None and blob.link_group not in self.links:
-            self.links[blob.link_group] = _LinkGroup(rel, name, path)
-        self.content.add(fd, blob, path)
+        """A hard link (True: done), or a new file whose content is queued.
+        The writer thread creates a file, unless it is the first of a link
+        group: that one is created here, so that it exists to be linked to."""
+        f = _PendingFile(blob, path, dir_fd, name)
+        group = blob.link_group
+        if group is not None:
+            with self.lock:
+                if self._link(dir_fd, name, group):
+                    self.links[group].linked.append(path)
+                    return True
+                f.fd = self._open(name, _NEW_FILE_FLAGS, dir_fd)
+                if group not in self.links:
+                    self.links[group] = _LinkGroup(rel, name, path)
+        self.content.add(f)
         return False
 
     def _file_failed(self, blob: FileBlob, path: bytes, message: str) -> None:
@@ -407,19 +471,22 @@ class _Restorer:
         links made meanwhile (they are the same file); later ones get copies."""
         self._fail(path, message)
         group = blob.link_group
-        if group is None or group not in self.links or self.links[group].path != path:
-            return
-        for linked in self.links.pop(group).linked:
-            self.result.hardlinks -= 1
-            self._fail(linked, f"hard link to {os.fsdecode(path)}, which was not restored")
+        with self.lock:
+            if group is None or group not in self.links or self.links[group].path != path:
+                return
+            linked = self.links.pop(group).linked
+            self.result.hardlinks -= len(linked)
+        for path_linked in linked:
+            self._fail(path_linked, f"hard link to {os.fsdecode(path)}, which was not restored")
 
-    def _file_done(self, fd: int, blob: FileBlob, path: bytes, size: int) -> None:
+    def _file_done(self, fd: int, blob: FileBlob, size: int) -> None:
         os.ftruncate(fd, size)  # keeps a trailing hole a hole
         self._apply_meta(fd, blob, 0o644)
         self.result.files += 1
 
     def _link(self, dir_fd: int, name: bytes, group: str) -> bool:
-        """Hard-link to the group's first file; False to write a copy instead."""
+        """Hard-link to the group's first file; False to write a copy instead
+        (called holding `lock`)."""
         first = self.links.get(group)
         if first is None:
             return False
@@ -492,14 +559,27 @@ class _Restorer:
         return ids[user], ids[group]
 
 
-@dataclass
+@dataclass(eq=False)
 class _PendingFile:
-    fd: int
     blob: FileBlob
     path: bytes
-    size: int = 0  # where its content ends (known once all of it is queued)
+    dir_fd: int
+    name: bytes
+    fd: int = -1    # opened by the writer thread (here already if it heads a link group)
+    size: int = 0   # where its content ends (known once all of it is queued)
     complete: bool = False
     failed: str | None = None
+
+
+@dataclass
+class _Batch:
+    """What the writer thread does in one go, in this order."""
+
+    new: list[_PendingFile]   # files to create, in walk order
+    pieces: dict              # blob ref -> [(file, offset in file, offset in blob, size)]
+    data: Iterator | None     # (ref, bytes) of those blobs: read lazily, by the writer
+    done: list[_PendingFile]  # files all of whose pieces are written by now
+    dirs: list[_DirFrame]     # directories all of whose files are done by now
 
 
 class _Content:
@@ -509,21 +589,26 @@ class _Content:
     Files stay open until their batch is written, then get their size and
     metadata; directories popped meanwhile get theirs after that. A batch
     holds at most BATCH_PIECES pieces and BATCH_OPEN open files and
-    directories (a bigger file spans batches), never the data itself."""
+    directories (a bigger file spans batches), never the data itself.
+
+    The walk plans batches here (and looks their blobs up: the index stays
+    on the caller's thread); `_Writer` carries them out behind it."""
 
     def __init__(self, restorer: "_Restorer"):
         self.r = restorer
         self.files: list[_PendingFile] = []
+        self.new: list[_PendingFile] = []
         self.dirs: list[_DirFrame] = []
         self.pieces: dict[BlobRef, list[tuple[_PendingFile, int, int, int]]] = {}
         self.count = 0
+        self.writer = _Writer(restorer)
 
-    def add(self, fd: int, blob: FileBlob, path: bytes) -> None:
+    def add(self, f: _PendingFile) -> None:
         """Queue a new file's content (the file now belongs to this object)."""
-        f = _PendingFile(fd, blob, path)
         self.files.append(f)
+        self.new.append(f)
         pos = 0
-        for n, ref, start in _spans(blob.parts, self.r.source, 0, blob.size, 0, frozenset()):
+        for n, ref, start in _spans(f.blob.parts, self.r.source, 0, f.blob.size, 0, frozenset()):
             if ref is not None:
                 self.pieces.setdefault(ref, []).append((f, pos, start, n))
                 self.count += 1
@@ -541,21 +626,114 @@ class _Content:
 
     def flush(self) -> None:
         pieces, self.pieces, self.count = self.pieces, {}, 0
-        if pieces:
-            self._write(pieces)
+        data = _get_many(self.r.source, pieces) if pieces else None
         done = [f for f in self.files if f.complete]
         self.files = [f for f in self.files if not f.complete]
-        for f in done:
-            self._finish(f)
-        dirs, self.dirs = self.dirs, []
-        for frame in dirs:  # deepest first, as they were popped
-            self.r._finish_dir(frame)
+        batch = _Batch(self.new, pieces, data, done, self.dirs)
+        self.new, self.dirs = [], []
+        self.writer.submit(batch)
 
-    def _write(self, pieces: dict) -> None:
+    def finish(self) -> None:
+        """Write what is queued and wait for the writer; its error, if any, is raised here."""
+        self.flush()
+        self.writer.finish()
+
+    def abandon(self) -> None:
+        """At the end, or after an error: stop the writer, close whatever is still open."""
+        self.writer.stop()
+        for fd in list(self.r.open_fds):
+            self.r._close(fd)
+        self.files, self.new, self.dirs, self.pieces = [], [], [], {}
+
+
+class _Writer:
+    """The thread that creates files and writes their contents, batch after
+    batch, while the walk plans the next ones: opening, writing, truncating,
+    chmod and close release the GIL, so they overlap the walk's Python work.
+    At most one batch waits for it. Its error (a damaged or missing blob) is
+    raised on the walk's thread at the next batch or at the end; a stop
+    (an error or Ctrl-C there) ends it between two blobs."""
+
+    def __init__(self, restorer: "_Restorer"):
+        self.r = restorer
+        self.queue: queue.Queue = queue.Queue(maxsize=1)
+        self.thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+        self.stopping = False
+
+    def submit(self, batch: _Batch) -> None:
+        self._raise_error()
+        if not WRITER_THREAD:
+            self._write_batch(batch)
+            return
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._run, name="pkvc-restore-write", daemon=True)
+            self.thread.start()
+        self.queue.put(batch)
+
+    def finish(self) -> None:
+        if self.thread is not None:
+            self.queue.put(None)
+            self.thread.join()
+            self.thread = None
+        self._raise_error()
+
+    def stop(self) -> None:
+        self.stopping = True
+        if self.thread is None:
+            return
+        try:
+            while True:  # batches not started: their files are closed by `abandon`
+                self.queue.get_nowait()
+        except queue.Empty:
+            pass
+        self.queue.put(None)
+        self.thread.join()
+        self.thread = None
+
+    def _raise_error(self) -> None:
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+
+    def _run(self) -> None:
+        while (batch := self.queue.get()) is not None:
+            if self.stopping or self.error is not None:
+                continue
+            try:
+                self._write_batch(batch)
+            except BaseException as e:  # noqa: BLE001 - raised again on the walk's thread
+                self.error = e
+
+    def _write_batch(self, batch: _Batch) -> None:
+        r = self.r
+        for f in batch.new:
+            if f.fd < 0:
+                try:
+                    f.fd = r._open(f.name, _NEW_FILE_FLAGS, f.dir_fd)
+                except OSError as e:
+                    f.failed = e.strerror or str(e)
+        if batch.data is not None:
+            try:
+                self._write(batch.pieces, batch.data)
+            finally:
+                close = getattr(batch.data, "close", None)
+                if close is not None:
+                    close()  # cancels reads still under way
+        if self.stopping:
+            return
+        for f in batch.done:
+            self._finish(f)
+        for frame in batch.dirs:  # deepest first, as they were popped
+            r._finish_dir(frame)
+
+    def _write(self, pieces: dict, data: Iterator) -> None:
         result, emit = self.r.result, self.r._emit
-        for ref, data in _get_many(self.r.source, pieces):
+        for ref, blob_data in data:
+            if self.stopping:
+                return
             for f, pos, start, n in pieces[ref]:
-                piece = _slice(data, ref, start, n)
+                piece = _slice(blob_data, ref, start, n)
                 if f.failed is not None:
                     continue
                 try:
@@ -567,26 +745,19 @@ class _Content:
                 emit(BytesWritten(os.fsdecode(f.path), n))
 
     def _finish(self, f: _PendingFile) -> None:
+        r = self.r
         try:
             if f.failed is None:
-                self.r._file_done(f.fd, f.blob, f.path, f.size)
+                r._file_done(f.fd, f.blob, f.size)
         except OSError as e:
             f.failed = e.strerror or str(e)
         finally:
-            os.close(f.fd)
+            if f.fd >= 0:
+                r._close(f.fd)
         if f.failed is not None:
-            self.r._file_failed(f.blob, f.path, f.failed)
+            r._file_failed(f.blob, f.path, f.failed)
         else:
-            self.r._emit(EntryRestored(os.fsdecode(f.path), f.blob.camli_type))
-
-    def abandon(self) -> None:
-        """After an error: close whatever is still open."""
-        for f in self.files:
-            os.close(f.fd)
-        for frame in self.dirs:
-            if frame.fd != self.r.root_fd:
-                os.close(frame.fd)
-        self.files, self.dirs, self.pieces = [], [], {}
+            r._emit(EntryRestored(os.fsdecode(f.path), f.blob.camli_type))
 
 
 def _local_id(name, number, by_name, by_id, attr: str) -> int:

@@ -2,6 +2,7 @@
 exactly the tree, however the batches fall."""
 
 import os
+import threading
 
 import pytest
 
@@ -9,7 +10,7 @@ from fstree import make_rich_tree, tree_state
 from pkvc import restore as restore_mod
 from pkvc.backends.local import LocalBackend
 from pkvc.chunker import KiB, ChunkerParams
-from pkvc.errors import BlobNotFoundError
+from pkvc.errors import BlobNotFoundError, IntegrityError
 from pkvc.pack import KIND_DATA
 from pkvc.repo import Repository
 from pkvc.restore import restore
@@ -40,13 +41,17 @@ def stored(tmp_path):
     r.close()
 
 
-@pytest.mark.parametrize("pieces,open_files,listing", [(4096, 256, 4096), (3, 2, 2), (1, 1, 1)])
+@pytest.mark.parametrize("pieces,open_files,listing,ahead,thread", [
+    (4096, 256, 4096, 4 * 4096, True), (3, 2, 2, 1, True), (1, 1, 1, 0, True),
+    (4096, 256, 4096, 4 * 4096, False), (3, 2, 2, 3, False)])
 def test_round_trip_whatever_the_batch_sizes(stored, tmp_path, monkeypatch, pieces, open_files,
-                                             listing):
+                                             listing, ahead, thread):
     r, ref, src = stored
     monkeypatch.setattr(restore_mod, "BATCH_PIECES", pieces)
     monkeypatch.setattr(restore_mod, "BATCH_OPEN", open_files)
     monkeypatch.setattr(restore_mod, "LISTING_BATCH", listing)
+    monkeypatch.setattr(restore_mod, "AHEAD_LIMIT", ahead)
+    monkeypatch.setattr(restore_mod, "WRITER_THREAD", thread)
     result = restore(ref, tmp_path / "dst", r)
     assert result.errors == []
     assert tree_state(tmp_path / "dst") == tree_state(src)
@@ -63,6 +68,22 @@ def test_a_failed_batch_closes_every_file(stored, tmp_path, monkeypatch):
     with pytest.raises(BlobNotFoundError):
         restore(ref, tmp_path / "dst", r)
     assert len(os.listdir("/proc/self/fd")) <= before
+
+
+def test_a_damaged_blob_met_by_the_writer_thread_is_raised_and_every_file_closed(stored, tmp_path):
+    """The writer thread reads the data; its IntegrityError reaches the caller as such."""
+    r, ref, src = stored
+    pack_id, loc = max((loc.pack_id, loc) for _, loc in r.enumerate() if loc.kind == KIND_DATA)
+    path = tmp_path / "repo" / "packs" / pack_id[:2] / pack_id
+    data = bytearray(path.read_bytes())
+    data[loc.offset + loc.length // 2] ^= 0xFF
+    os.chmod(path, 0o600)
+    path.write_bytes(bytes(data))
+    before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(IntegrityError):
+        restore(ref, tmp_path / "dst", r)
+    assert len(os.listdir("/proc/self/fd")) <= before
+    assert not any(t.name == "pkvc-restore-write" for t in threading.enumerate())
 
 
 def test_hard_links_to_a_file_that_could_not_be_written_are_reported_too(repo, tmp_path):

@@ -81,11 +81,14 @@ def unseal_view(key: bytes, sealed, ad: bytes, what: str = "data") -> memoryview
     size = len(sealed) - SEAL_OVERHEAD
     if size < 0:
         raise IntegrityError(f"{what} is truncated")
-    src = _ffi.from_buffer(sealed)
     out = _uncleared("unsigned char[]", max(size, 1))
-    if _lib.crypto_aead_xchacha20poly1305_ietf_decrypt(
-            out, _ffi.NULL, _ffi.NULL, src + NONCE_SIZE, size + TAG_SIZE, ad, len(ad), src,
-            key) != 0:
+    # The view on `sealed` is released here, not by the collector: left to a
+    # traceback that kept this frame alive, it was freed after the buffer it
+    # viewed and crashed the interpreter (a damaged blob met on a thread).
+    with _ffi.from_buffer(sealed) as src:
+        failed = _lib.crypto_aead_xchacha20poly1305_ietf_decrypt(
+            out, _ffi.NULL, _ffi.NULL, src + NONCE_SIZE, size + TAG_SIZE, ad, len(ad), src, key)
+    if failed:
         raise IntegrityError(f"{what} failed authentication (damaged or tampered)")
     return memoryview(_ffi.buffer(out, size)).toreadonly()
 

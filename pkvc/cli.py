@@ -268,11 +268,21 @@ def put(ctx: typer.Context,
 
 def _report_skipped(ctx: typer.Context, errors: list[tuple[str, str]]) -> None:
     """Name each unreadable entry on stderr; exit 3 if there were any."""
+    _report_partial(errors, "skipped", "could not be read and were skipped")
+
+
+def _report_not_restored(ctx: typer.Context, errors: list[tuple[str, str]]) -> None:
+    """Name each entry a restore could not write, or read from the repository
+    (a missing or damaged blob); exit 3 if there were any."""
+    _report_partial(errors, "not restored", "could not be restored; everything else was")
+
+
+def _report_partial(errors: list[tuple[str, str]], what: str, summary: str) -> None:
     if not errors:
         return
     for path, message in errors:
-        typer.echo(f"pkvc: skipped {path}: {message}", err=True)
-    raise PartialError(f"{len(errors)} entries could not be read and were skipped")
+        typer.echo(f"pkvc: {what} {path}: {message}", err=True)
+    raise PartialError(f"{len(errors)} entries {summary}")
 
 
 @app.command()
@@ -288,7 +298,7 @@ def get(ctx: typer.Context,
         if output is not None:
             result = api.restore_tree(repo, ref, output, force, _progress(ctx))
             _emit(ctx, result, None)
-            _report_skipped(ctx, result.errors)
+            _report_not_restored(ctx, result.errors)
         elif contents:
             for block in api.file_contents(repo, ref):
                 sys.stdout.buffer.write(block)
@@ -418,7 +428,7 @@ def checkout(ctx: typer.Context,
         result = api.checkout(repo, spec, output, force, _progress(ctx))
     _emit(ctx, result, f"restored {result.files} files, {result.dirs} directories "
           f"({_size(result.bytes_written)}) into {output}")
-    _report_skipped(ctx, result.errors)
+    _report_not_restored(ctx, result.errors)
 
 
 series_app = typer.Typer(help="List series, or manage one.", invoke_without_command=True)

@@ -20,7 +20,7 @@ EXIT_CODES = {
     EXIT_OK: "success",
     EXIT_ERROR: "error (the message says which)",
     EXIT_USAGE: "usage error: bad command line or argument",
-    EXIT_PARTIAL: "finished, but some source files could not be read",
+    EXIT_PARTIAL: "finished, but some entries could not be read or restored (each is named)",
     EXIT_NO_REPOSITORY: "no repository at that location",
     EXIT_LOCKED: "the repository is locked by another process",
     EXIT_WRONG_PASSWORD: "wrong password (no key slot opens with it)",
@@ -83,6 +83,7 @@ class BackendError(PkvcError):
 
 
 class PartialError(PkvcError):
-    """The work finished but some inputs were skipped; the message lists how many."""
+    """The work finished but some entries were skipped or not restored; the message
+    says how many (each was named before)."""
 
     exit_code = EXIT_PARTIAL

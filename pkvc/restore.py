@@ -23,6 +23,17 @@ Ownership is set only when running as root, to ids that exist here (owner
 name first, as Perkeep's MapUid does); failures there are ignored. Holes
 stay holes (seek past them, truncate to size). Files sharing a
 `pkvcLinkGroup` are hard-linked to the first one restored.
+
+Damage loses only what it touches, as in restic and borg: a data or bytes
+blob that is missing or damaged (BlobNotFoundError, IntegrityError) fails
+the files that need it, a directory whose entries cannot be read is not
+made, an entry blob that cannot be read is reported against its directory;
+each is listed in `RestoreResult.errors` and everything else is restored.
+A file whose content could not all be written is removed, with its hard
+links, so every file left is complete (restic reports such a file but
+leaves what it wrote, at full size, where it looks whole). Anything else
+stops the restore: the top blob unreadable, the storage failing, a
+hostile blob.
 """
 
 from __future__ import annotations
@@ -35,10 +46,11 @@ import stat as statmod
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Protocol
 
 from pkvc.blobref import BlobRef
-from pkvc.errors import PkvcError, SchemaError
+from pkvc.errors import BlobNotFoundError, IntegrityError, PkvcError, SchemaError
 from pkvc.schema.anyblob import parse_blob
 from pkvc.schema.fsnodes import DirectoryBlob, FileBlob, SpecialBlob, SymlinkBlob
 from pkvc.schema.names import name_problem
@@ -63,15 +75,72 @@ class BlobSource(Protocol):
     def get(self, ref: BlobRef) -> bytes:
         """The blob's bytes, already checked against `ref`."""
 
-    # Optional: `get_many(refs)` yielding (ref, bytes) of each, in any order
-    # (the repository reads them by pack); without it, `get` is called for each.
+    # Optional: `get_many(refs, skip_missing=...)` yielding (ref, bytes) of each,
+    # in any order (the repository reads them by pack), the ones not stored left
+    # out with `skip_missing`; without it, `get` is called for each.
 
 
-def _get_many(source: BlobSource, refs) -> Iterator[tuple[BlobRef, bytes]]:
+# A blob that is missing or damaged: only the entries that need it are lost
+# (reported, the rest restores). Any other error (the storage failing, a
+# hostile blob) stops the restore.
+_UNREADABLE = (BlobNotFoundError, IntegrityError)
+
+
+def _get_many(source: BlobSource, refs, skip_missing: bool = False) -> Iterator[tuple[BlobRef, bytes]]:
     many = getattr(source, "get_many", None)
     if many is not None:
-        return many(refs)
-    return ((ref, source.get(ref)) for ref in dict.fromkeys(refs))
+        return many(refs, skip_missing=True) if skip_missing else many(refs)
+    return _get_each(source, refs, skip_missing)
+
+
+def _get_each(source: BlobSource, refs, skip_missing: bool) -> Iterator[tuple[BlobRef, bytes]]:
+    for ref in dict.fromkeys(refs):
+        try:
+            data = source.get(ref)
+        except BlobNotFoundError:
+            if skip_missing:
+                continue
+            raise
+        yield ref, data
+
+
+def _read_each(source: BlobSource, refs,
+               unreadable: Callable[[BlobRef, PkvcError], None]) -> Iterator[tuple[BlobRef, bytes]]:
+    """(ref, bytes) of each blob that can be read, batched as `_get_many`
+    reads them; each one missing or damaged goes to `unreadable` instead,
+    once. The blobs are looked up now, on the caller's thread; the iterator
+    may be consumed on another. A damaged blob ends a batched read (and
+    may take its neighbours with it), so what the batch did not deliver
+    by then is read again one by one: only the bad blob itself is lost."""
+    wanted = dict.fromkeys(refs)
+    return _each_readable(source, wanted, _get_many(source, wanted, skip_missing=True), unreadable)
+
+
+def _each_readable(source: BlobSource, wanted: dict, batch: Iterator, unreadable) -> Iterator:
+    got: set[BlobRef] = set()
+    damaged = False
+    try:
+        for ref, data in batch:
+            got.add(ref)
+            yield ref, data
+    except _UNREADABLE:
+        damaged = True
+    finally:
+        close = getattr(batch, "close", None)
+        if close is not None:
+            close()  # cancels reads still under way
+    for ref in wanted:
+        if ref in got:
+            continue
+        if not damaged:  # left out of the batch as missing
+            unreadable(ref, BlobNotFoundError(f"blob {ref} is not in the repository"))
+            continue
+        try:
+            data = source.get(ref)
+        except _UNREADABLE as e:
+            unreadable(ref, e)
+            continue
+        yield ref, data
 
 
 @dataclass(frozen=True)
@@ -184,8 +253,8 @@ def restore(ref: BlobRef, dest_dir, source: BlobSource, progress: Callable | Non
 
     `name` overrides a single node's file name. Existing directories are
     merged into; other existing entries are replaced only with `overwrite`.
-    Per-entry I/O failures are listed in `RestoreResult.errors`; hostile or
-    malformed blobs raise SchemaError.
+    Per-entry I/O failures and missing or damaged blobs below the top are
+    listed in `RestoreResult.errors`; hostile or malformed blobs raise SchemaError.
     """
     return _Restorer(source, progress, overwrite).run(ref, os.fsencode(os.fspath(dest_dir)),
                                                       os.fsencode(name) if name is not None else None)
@@ -210,7 +279,7 @@ class _LinkGroup:
     rel: tuple  # its directory, from the top
     name: bytes
     path: bytes
-    linked: list[bytes] = field(default_factory=list)
+    linked: list[tuple[tuple, bytes, bytes]] = field(default_factory=list)  # (rel, name, path)
 
 
 class _Restorer:
@@ -295,8 +364,12 @@ class _Restorer:
         return blob
 
     def _listing(self, blob: DirectoryBlob, ref: BlobRef, path: bytes):
+        """The directory's (name, ref, node) entries, checked. An entry or a
+        part of the listing that cannot be read (missing or damaged) is
+        reported against the directory and left out; if its entries blob
+        itself cannot be read, that error is raised."""
         entries, names = [], set()
-        for member, child in self._nodes(self._members(blob.entries, 0, set()), path):
+        for member, child in self._nodes(self._members(blob.entries, 0, set(), path), path):
             problem = name_problem(child.name)
             if problem:
                 raise SchemaError(f"directory {os.fsdecode(path)} ({ref}): entry {member} "
@@ -329,8 +402,9 @@ class _Restorer:
         except (PkvcError, ValueError):
             pass
 
-    def _read_listed(self, refs: list[BlobRef]) -> dict[BlobRef, bytes]:
-        """The blobs' bytes: those read ahead, and the others read now, together."""
+    def _read_listed(self, refs: list[BlobRef], where: bytes) -> dict[BlobRef, bytes]:
+        """The blobs' bytes: those read ahead, and the others read now, together;
+        one that cannot be read is reported and left out."""
         found, wanted = {}, []
         for ref in refs:
             data = self.ahead.pop(ref, None)
@@ -339,18 +413,20 @@ class _Restorer:
             elif ref not in found:
                 wanted.append(ref)
         if wanted:
-            found.update(_get_many(self.source, wanted))
+            found.update(_read_each(self.source, wanted, lambda ref, error: self._fail(
+                where, f"an entry could not be read: {error}")))
         return found
 
     def _nodes(self, members: list[BlobRef], where: bytes) -> Iterator[tuple[BlobRef, Node]]:
         """Each member's node in order; read LISTING_BATCH at a time, together."""
         for at in range(0, len(members), LISTING_BATCH):
             batch = members[at:at + LISTING_BATCH]
-            found = self._read_listed(batch)
+            found = self._read_listed(batch, where)
             for member in batch:
-                yield member, self._parsed_node(member, found[member], where)
+                if member in found:
+                    yield member, self._parsed_node(member, found[member], where)
 
-    def _members(self, set_ref: BlobRef, depth: int, seen: set) -> list[BlobRef]:
+    def _members(self, set_ref: BlobRef, depth: int, seen: set, where: bytes) -> list[BlobRef]:
         if depth > MAX_SET_DEPTH or set_ref in seen:
             raise SchemaError(f"static-set {set_ref} nests too deep or repeats")
         seen.add(set_ref)
@@ -360,7 +436,13 @@ class _Restorer:
             raise SchemaError(f"directory entries {set_ref} is a {blob.camli_type}, not a static-set")
         if not blob.merge_sets:
             return list(blob.members)
-        return [m for sub in blob.merge_sets for m in self._members(sub, depth + 1, seen)]
+        members = []
+        for sub in blob.merge_sets:
+            try:
+                members += self._members(sub, depth + 1, seen, where)
+            except _UNREADABLE as e:
+                self._fail(where, f"some entries could not be read: {e}")
+        return members
 
     # the walk: one open fd per level, iteratively
 
@@ -387,7 +469,11 @@ class _Restorer:
             return None
         if any(f.ref == ref for f in stack):
             raise SchemaError(f"directory {os.fsdecode(path)} ({ref}) contains itself")
-        entries = self._listing(blob, ref, path)
+        try:
+            entries = self._listing(blob, ref, path)
+        except _UNREADABLE as e:
+            self._fail(path, f"directory not restored, its entries cannot be read: {e}")
+            return None
         try:
             fd, fresh = self._make_dir(frame.fd, name, frame.fresh)
         except OSError as e:
@@ -458,7 +544,7 @@ class _Restorer:
         if group is not None:
             with self.lock:
                 if self._link(dir_fd, name, group):
-                    self.links[group].linked.append(path)
+                    self.links[group].linked.append((rel, name, path))
                     return True
                 f.fd = self._open(name, _NEW_FILE_FLAGS, dir_fd)
                 if group not in self.links:
@@ -466,23 +552,36 @@ class _Restorer:
         self.content.add(f)
         return False
 
-    def _file_failed(self, blob: FileBlob, path: bytes, message: str) -> None:
-        """A file's content could not be written: so neither could its hard
-        links made meanwhile (they are the same file); later ones get copies."""
-        self._fail(path, message)
-        group = blob.link_group
+    def _file_failed(self, f: "_PendingFile", message: str, remove: bool) -> None:
+        """A file could not be restored: so neither could its hard links made
+        meanwhile (they are the same file); later ones get copies. With
+        `remove` (its content is not all there) the file and those links are
+        removed, so that nothing half-written is left looking whole."""
+        self._fail(f.path, message)
+        if remove:
+            _ignore_errors(os.unlink, f.name, dir_fd=f.dir_fd)
+            self.result.bytes_written -= f.written  # the writer's own count
+        group = f.blob.link_group
         with self.lock:
-            if group is None or group not in self.links or self.links[group].path != path:
+            if group is None or group not in self.links or self.links[group].path != f.path:
                 return
             linked = self.links.pop(group).linked
             self.result.hardlinks -= len(linked)
-        for path_linked in linked:
-            self._fail(path_linked, f"hard link to {os.fsdecode(path)}, which was not restored")
+        for rel, name, path_linked in linked:
+            if remove:
+                self._unlink_rel(rel, name)
+            self._fail(path_linked, f"hard link to {os.fsdecode(f.path)}, which was not restored")
 
-    def _file_done(self, fd: int, blob: FileBlob, size: int) -> None:
-        os.ftruncate(fd, size)  # keeps a trailing hole a hole
-        self._apply_meta(fd, blob, 0o644)
-        self.result.files += 1
+    def _unlink_rel(self, rel: tuple, name: bytes) -> None:
+        try:
+            dir_fd = self._open_rel(rel)
+        except OSError:
+            return
+        try:
+            _ignore_errors(os.unlink, name, dir_fd=dir_fd)
+        finally:
+            if dir_fd != self.root_fd:
+                os.close(dir_fd)
 
     def _link(self, dir_fd: int, name: bytes, group: str) -> bool:
         """Hard-link to the group's first file; False to write a copy instead
@@ -568,7 +667,8 @@ class _PendingFile:
     fd: int = -1    # opened by the writer thread (here already if it heads a link group)
     size: int = 0   # where its content ends (known once all of it is queued)
     complete: bool = False
-    failed: str | None = None
+    written: int = 0  # bytes of content written so far
+    failed: str | None = None  # why its content is not all written: it is removed, reported
 
 
 @dataclass
@@ -608,13 +708,16 @@ class _Content:
         self.files.append(f)
         self.new.append(f)
         pos = 0
-        for n, ref, start in _spans(f.blob.parts, self.r.source, 0, f.blob.size, 0, frozenset()):
-            if ref is not None:
-                self.pieces.setdefault(ref, []).append((f, pos, start, n))
-                self.count += 1
-                if self.count >= BATCH_PIECES:
-                    self.flush()
-            pos += n
+        try:
+            for n, ref, start in _spans(f.blob.parts, self.r.source, 0, f.blob.size, 0, frozenset()):
+                if ref is not None:
+                    self.pieces.setdefault(ref, []).append((f, pos, start, n))
+                    self.count += 1
+                    if self.count >= BATCH_PIECES:
+                        self.flush()
+                pos += n
+        except _UNREADABLE as e:  # a bytes blob of its parts: the rest is not queued
+            f.failed = str(e)
         f.size, f.complete = pos, True
         if len(self.files) + len(self.dirs) >= BATCH_OPEN:
             self.flush()
@@ -626,7 +729,7 @@ class _Content:
 
     def flush(self) -> None:
         pieces, self.pieces, self.count = self.pieces, {}, 0
-        data = _get_many(self.r.source, pieces) if pieces else None
+        data = _read_each(self.r.source, pieces, partial(_lost, pieces)) if pieces else None
         done = [f for f in self.files if f.complete]
         self.files = [f for f in self.files if not f.complete]
         batch = _Batch(self.new, pieces, data, done, self.dirs)
@@ -650,9 +753,10 @@ class _Writer:
     """The thread that creates files and writes their contents, batch after
     batch, while the walk plans the next ones: opening, writing, truncating,
     chmod and close release the GIL, so they overlap the walk's Python work.
-    At most one batch waits for it. Its error (a damaged or missing blob) is
-    raised on the walk's thread at the next batch or at the end; a stop
-    (an error or Ctrl-C there) ends it between two blobs."""
+    At most one batch waits for it. A missing or damaged data blob fails
+    only the files that need it; any other error of the writer (the storage
+    failing) is raised on the walk's thread at the next batch or at the
+    end; a stop (an error or Ctrl-C there) ends it between two blobs."""
 
     def __init__(self, restorer: "_Restorer"):
         self.r = restorer
@@ -708,7 +812,7 @@ class _Writer:
     def _write_batch(self, batch: _Batch) -> None:
         r = self.r
         for f in batch.new:
-            if f.fd < 0:
+            if f.fd < 0 and f.failed is None:
                 try:
                     f.fd = r._open(f.name, _NEW_FILE_FLAGS, f.dir_fd)
                 except OSError as e:
@@ -717,9 +821,7 @@ class _Writer:
             try:
                 self._write(batch.pieces, batch.data)
             finally:
-                close = getattr(batch.data, "close", None)
-                if close is not None:
-                    close()  # cancels reads still under way
+                batch.data.close()  # cancels reads still under way
         if self.stopping:
             return
         for f in batch.done:
@@ -742,22 +844,39 @@ class _Writer:
                     f.failed = e.strerror or str(e)
                     continue
                 result.bytes_written += n
+                f.written += n
                 emit(BytesWritten(os.fsdecode(f.path), n))
 
     def _finish(self, f: _PendingFile) -> None:
-        r = self.r
+        """Its size, then its metadata, then close it; or, if its content is
+        not all written, remove it. A file whose metadata alone failed stays."""
+        r, created = self.r, f.fd >= 0
+        if f.failed is None:
+            try:
+                os.ftruncate(f.fd, f.size)  # keeps a trailing hole a hole
+            except OSError as e:
+                f.failed = e.strerror or str(e)
+        message = f.failed
         try:
-            if f.failed is None:
-                r._file_done(f.fd, f.blob, f.size)
+            if message is None:
+                r._apply_meta(f.fd, f.blob, 0o644)
+                r.result.files += 1
         except OSError as e:
-            f.failed = e.strerror or str(e)
+            message = e.strerror or str(e)
         finally:
-            if f.fd >= 0:
+            if created:
                 r._close(f.fd)
-        if f.failed is not None:
-            r._file_failed(f.blob, f.path, f.failed)
-        else:
+        if message is None:
             r._emit(EntryRestored(os.fsdecode(f.path), f.blob.camli_type))
+        else:
+            r._file_failed(f, message, remove=created and f.failed is not None)
+
+
+def _lost(pieces: dict, ref: BlobRef, error: PkvcError) -> None:
+    """A data blob cannot be read: the files it belongs to fail (writer thread)."""
+    for f, _, _, _ in pieces[ref]:
+        if f.failed is None:
+            f.failed = str(error)
 
 
 def _local_id(name, number, by_name, by_id, attr: str) -> int:

@@ -287,6 +287,22 @@ def test_missing_blobs_are_reported(arena):
         restore(BlobRef.of(b"never stored"), arena, store)
 
 
+def test_a_missing_data_blob_loses_only_its_file(tmp_path):
+    """A source without `get_many` (each blob by `get`): the same per-file report."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "lost").write_bytes(b"this content goes missing")
+    (src / "kept").write_bytes(b"this one stays")
+    store = MemStore()
+    ref = put_path(src, store).ref
+    del store.blobs[BlobRef.of(b"this content goes missing")]
+    result = restore(ref, tmp_path / "dst", store)
+    assert result.errors == [(str(tmp_path / "dst" / "lost"),
+                              f"blob {BlobRef.of(b'this content goes missing')} is not in the repository")]
+    assert os.listdir(tmp_path / "dst") == ["kept"]
+    assert (tmp_path / "dst" / "kept").read_bytes() == b"this one stays"
+
+
 class LyingStore(MemStore):
     """A source that does not check refs: lets a test build impossible cycles."""
 

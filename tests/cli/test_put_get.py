@@ -57,7 +57,7 @@ def test_raw_blob_and_file_contents_to_stdout(initialized, tmp_path):
     assert described["camli_type"] == "file" and described["json"]["fileName"] == "file.bin"
 
 
-def test_flipped_byte_found_by_check_and_refused_by_get(initialized, tmp_path):
+def test_flipped_byte_found_by_check_and_reported_by_get(initialized, tmp_path):
     f = tmp_path / "precious"
     f.write_bytes(os.urandom(100_000))
     ref = initialized.ok("put", f).out.strip()
@@ -73,9 +73,13 @@ def test_flipped_byte_found_by_check_and_refused_by_get(initialized, tmp_path):
     result = initialized("check", "--read-data")
     assert result.code == 1
     assert pack.name in result.err and "damaged" in result.err
-    got = initialized("get", ref, "--output", tmp_path / "out")
-    assert got.code == 1 and "Traceback" not in got.err
+    got = initialized("get", ref, "--output", tmp_path / "out")  # the file is named, not written
+    assert got.code == 3 and "Traceback" not in got.err
+    assert got.err.startswith(f"pkvc: not restored {tmp_path / 'out' / 'precious'}: blob sha224-")
     assert "failed authentication" in got.err or "does not match" in got.err
+    assert os.listdir(tmp_path / "out") == []
+    streamed = initialized("get", ref, "--contents", binary=True)  # a stream cannot skip: it stops
+    assert streamed.code == 1 and b"failed authentication" in streamed.err.encode()
     assert sorted(p.name for p in initialized.repo.rglob("*")) == before
     assert initialized("check").code == 0  # headers intact: only --read-data sees it
 

@@ -144,6 +144,41 @@ def test_unreadable_file_gives_exit_3_and_a_snapshot(initialized, tmp_path):
     assert initialized.ok("log", str(src), "--json").json()[0]["verified"]
 
 
+@pytest.mark.parametrize("damage", ["deleted", "flipped"])
+def test_checkout_restores_all_but_the_file_whose_data_is_lost(initialized, tmp_path, damage):
+    """The pack holding big's data deleted, or one byte of it changed: big
+    is named on stderr and left out, small comes back whole, exit 3."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "small").write_bytes(b"hi\n")
+    initialized.ok("snapshot", src, "--series", "s")  # small's data in a pack of its own
+    (src / "big").write_bytes(os.urandom(3_000_000))
+    initialized.ok("snapshot", src, "--series", "s")
+    pack = max((p for p in (initialized.repo / "packs").rglob("*") if p.is_file()),
+               key=lambda p: p.stat().st_size)
+    if damage == "deleted":
+        pack.unlink()
+    else:
+        data = bytearray(pack.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        os.chmod(pack, 0o600)
+        pack.write_bytes(bytes(data))
+    out = tmp_path / "out"
+    result = initialized("checkout", "s", "--output", out)
+    assert result.code == 3, result.err
+    why = "is not in the repository" if damage == "deleted" else "failed authentication"
+    first, summary = result.err.splitlines()
+    assert first.startswith(f"pkvc: not restored {out / 'big'}: blob sha224-") and why in first
+    assert summary == "pkvc: 1 entries could not be restored; everything else was"
+    assert result.out.startswith("restored 1 files, 1 directories (3 B) into")
+    want = tree_state(src)["entries"]
+    assert tree_state(out)["entries"] == {k: v for k, v in want.items() if k != b"big"}
+
+    as_json = initialized("checkout", "s", "--output", tmp_path / "again", "--json")
+    assert as_json.code == 3 and as_json.json()["errors"] == [[str(tmp_path / "again" / "big"),
+                                                               first.split(": ", 2)[2]]]
+
+
 def test_attr_and_describe_at(two_snapshots):
     pkvc = two_snapshots[0]
     pn = pkvc.ok("series", "--json").json()[0]["permanode"]

@@ -363,7 +363,7 @@ class _Walker:
             if st.st_size < min_size:
                 to_read.append(entry)
         jobs = [to_read[i:i + READ_JOB] for i in range(0, len(to_read), READ_JOB)] or [[]]
-        if self._cache_misses >= self._cache_hits:
+        if self._mostly_new:
             # Listing subdirectories ahead pays while most files are new; in
             # a re-snapshot, where the stat cache answers for most, it costs a
             # thread hand-off per directory and saves nothing (unchanged
@@ -373,15 +373,20 @@ class _Walker:
             if entries:
                 self._read_ahead(frame, entries)
 
+    @property
+    def _mostly_new(self) -> bool:
+        """Whether the stat cache has known fewer files than not, so far."""
+        return self._cache_misses >= self._cache_hits
+
     def _read_ahead(self, frame: _DirFrame, entries: list[_Entry]) -> None:
         """One job: read the files among `entries`, then list the directories
-        (and, while most files are new, start reading their small files)."""
+        and start reading their small files (only while most files are new
+        does `_prepare` give it directories)."""
         if self._readers is None:
             self._readers = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="pkvc-read")
         files = [e.name for e in entries if not statmod.S_ISDIR(e.st.st_mode)]
         dirs = [e.name for e in entries[len(files):]]
-        warm = self._cache_misses >= self._cache_hits
-        job = self._readers.submit(_read_block, frame.fd, files, dirs, self.chunker, warm)
+        job = self._readers.submit(_read_block, frame.fd, files, dirs, self.chunker)
         frame.jobs.append(job)
         for slot, entry in enumerate(entries):
             entry.job, entry.slot = job, slot
@@ -585,8 +590,7 @@ class _Walker:
         return self._groups[gid]
 
 
-def _read_block(dir_fd: int, files: list[bytes], dirs: list[bytes], params,
-                warm: bool) -> list:
+def _read_block(dir_fd: int, files: list[bytes], dirs: list[bytes], params) -> list:
     """A read-ahead job, on a reader thread: for each of `files` (small
     files), (its fstat, its content) or (its fstat, None) when it is not one
     chunk any more, or the OSError met. Syscalls and all: the walker
@@ -603,23 +607,23 @@ def _read_block(dir_fd: int, files: list[bytes], dirs: list[bytes], params,
         except OSError as e:
             results.append(e)
     for name in dirs:
-        _list_dir(dir_fd, name, params.min_size if warm else 0)
+        _list_dir(dir_fd, name, params.min_size)
     return results
 
 
 def _list_dir(dir_fd: int, name: bytes, warm: int) -> None:
     """List a subdirectory once so that its blocks are in the page cache
     when the walker lists it (a cold directory costs a disk read, and a tree
-    may have many small ones). With `warm`, also ask the kernel to start
-    reading the first `warm` bytes of its files (no wait, no copy), so the
-    walker's reads of them meet less of the disk's latency."""
+    may have many small ones), and ask the kernel to start reading the
+    first `warm` bytes of its files (no wait, no copy), so the walker's
+    reads of them meet less of the disk's latency."""
     try:
         fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
     except OSError:
         return  # the walker meets and reports the error itself
     try:
         with os.scandir(fd) as entries:
-            files = [e.name for e in entries if warm and e.is_file(follow_symlinks=False)]
+            files = [e.name for e in entries if e.is_file(follow_symlinks=False)]
         for file in files:
             try:
                 file_fd = _open_for_reading(fd, os.fsencode(file))

@@ -436,7 +436,7 @@ def test_a_read_ahead_job_reports_each_file_it_cannot_read(tmp_path):
     fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         small, big, missing, fifo = _read_block(fd, [b"small", b"big", b"gone", b"fifo"],
-                                                [b"gone-dir"], SMALL, True)
+                                                [b"gone-dir"], SMALL)
     finally:
         os.close(fd)
     assert small[1] == b"abc" and small[0].st_size == 3

@@ -89,7 +89,7 @@ _UNREADABLE = (BlobNotFoundError, IntegrityError)
 def _get_many(source: BlobSource, refs, skip_missing: bool = False) -> Iterator[tuple[BlobRef, bytes]]:
     many = getattr(source, "get_many", None)
     if many is not None:
-        return many(refs, skip_missing=True) if skip_missing else many(refs)
+        return many(refs, skip_missing=skip_missing)
     return _get_each(source, refs, skip_missing)
 
 

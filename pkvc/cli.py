@@ -263,15 +263,15 @@ def put(ctx: typer.Context,
         summaries = api.put_paths(repo, paths, _progress(ctx))
         stats = repo.stats
     _emit(ctx, {"results": summaries, "added": stats}, "\n".join(s.ref for s in summaries))
-    _report_skipped(ctx, [e for s in summaries for e in s.errors])
+    _report_skipped([e for s in summaries for e in s.errors])
 
 
-def _report_skipped(ctx: typer.Context, errors: list[tuple[str, str]]) -> None:
+def _report_skipped(errors: list[tuple[str, str]]) -> None:
     """Name each unreadable entry on stderr; exit 3 if there were any."""
     _report_partial(errors, "skipped", "could not be read and were skipped")
 
 
-def _report_not_restored(ctx: typer.Context, errors: list[tuple[str, str]]) -> None:
+def _report_not_restored(errors: list[tuple[str, str]]) -> None:
     """Name each entry a restore could not write, or read from the repository
     (a missing or damaged blob); exit 3 if there were any."""
     _report_partial(errors, "not restored", "could not be restored; everything else was")
@@ -298,7 +298,7 @@ def get(ctx: typer.Context,
         if output is not None:
             result = api.restore_tree(repo, ref, output, force, _progress(ctx))
             _emit(ctx, result, None)
-            _report_not_restored(ctx, result.errors)
+            _report_not_restored(result.errors)
         elif contents:
             for block in api.file_contents(repo, ref):
                 sys.stdout.buffer.write(block)
@@ -387,7 +387,7 @@ def snapshot(ctx: typer.Context,
     with _open(ctx) as repo:
         summary = api.snapshot(repo, path, series, tags, excludes, _progress(ctx))
     _emit(ctx, summary, summary.claim)
-    _report_skipped(ctx, summary.errors)
+    _report_skipped(summary.errors)
 
 
 @app.command()
@@ -428,7 +428,7 @@ def checkout(ctx: typer.Context,
         result = api.checkout(repo, spec, output, force, _progress(ctx))
     _emit(ctx, result, f"restored {result.files} files, {result.dirs} directories "
           f"({_size(result.bytes_written)}) into {output}")
-    _report_not_restored(ctx, result.errors)
+    _report_not_restored(result.errors)
 
 
 series_app = typer.Typer(help="List series, or manage one.", invoke_without_command=True)

@@ -10,7 +10,8 @@ from pkvc.errors import SchemaError
 from pkvc.schema.fsnodes import (
     LINK_GROUP_KEY, DirectoryBlob, FileBlob, SpecialBlob, SymlinkBlob, UnixMeta,
 )
-from pkvc.schema.parts import Part
+from pkvc.schema.canonical import canonical_json
+from pkvc.schema.parts import BytesBlob, Part
 from pkvc.schema.timefmt import SchemaTime
 from vectors import vector_files
 
@@ -117,3 +118,31 @@ def test_file_round_trip(name, parts, meta, group):
 def test_symlink_round_trip(name, target, meta):
     blob = SymlinkBlob(name, target, meta)
     assert SymlinkBlob.from_json(blob.to_json()) == blob
+
+
+_any_parts = st.lists(st.builds(
+    Part, st.integers(0, 2**40), blob_ref=st.none() | st.just(A),
+    offset=st.integers(0, 2**20)), max_size=4).map(
+    lambda ps: ps + [Part(7, bytes_ref=A, offset=3)] if len(ps) % 2 else ps)
+_text = st.text(max_size=8)  # any code points: escapes, surrogates, U+2028, "<&>"
+
+
+@given(_name | st.none(), _any_parts, _meta, st.none() | _text, st.none() | st.just(A))
+def test_file_json_is_canonical_json_of_its_map(name, parts, meta, group, whole):
+    """to_json writes the blob without building its map: the same bytes."""
+    blob = FileBlob(name, tuple(parts), meta, whole_ref=whole, link_group=group)
+    assert blob.to_json() == canonical_json(blob.to_map())
+
+
+@given(_name | st.none(), st.binary(min_size=1, max_size=30), _meta,
+       st.sampled_from(["fifo", "socket"]))
+def test_other_node_json_is_canonical_json_of_its_map(name, target, meta, kind):
+    for blob in (DirectoryBlob(name, A, meta), SymlinkBlob(name, target, meta),
+                 SpecialBlob(kind, name, meta)):
+        assert blob.to_json() == canonical_json(blob.to_map())
+
+
+@given(_any_parts)
+def test_bytes_json_is_canonical_json_of_its_map(parts):
+    blob = BytesBlob(tuple(parts))
+    assert blob.to_json() == canonical_json(blob.to_map())

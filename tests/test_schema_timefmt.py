@@ -82,3 +82,15 @@ def test_ns_round_trip(ns, known):
 def test_out_of_range_is_a_value_error():
     with pytest.raises(ValueError):
         format_time(SchemaTime(-62135596800 * 10**9, False))
+
+
+
+@given(st.integers(-62135596740 * 10**9, 253402300799 * 10**9 + 999999999), st.booleans())
+def test_gmtime_and_datetime_forms_agree(ns, known):
+    """format_time takes time.gmtime for years 1970-9999: same text as datetime's."""
+    wall_ns = ns if known else ns - 60 * 10**9
+    secs, frac = divmod(wall_ns, 10**9)
+    d = datetime(1970, 1, 1) + timedelta(seconds=secs)
+    expected = (f"{d.year:04d}-{d.month:02d}-{d.day:02d}T{d.hour:02d}:{d.minute:02d}:{d.second:02d}"
+                + ("." + f"{frac:09d}".rstrip("0") if frac else "") + ("Z" if known else "-00:01"))
+    assert format_time(SchemaTime(ns, known)) == expected

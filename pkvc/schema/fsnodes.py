@@ -22,13 +22,13 @@ from typing import ClassVar
 
 from pkvc.blobref import BlobRef
 from pkvc.errors import SchemaError
-from pkvc.schema.canonical import canonical_json
+from pkvc.schema.canonical import canonical_json, go_string, json_value, schema_json
 from pkvc.schema.fields import (
     as_map, expect_type, get_int, get_ref, get_str, get_time,
 )
-from pkvc.schema.names import decode_name, encode_name, name_problem
-from pkvc.schema.parts import Part, parse_parts, part_refs, parts_size
-from pkvc.schema.timefmt import SchemaTime
+from pkvc.schema.names import decode_name, encode_name, mixed_array_from_bytes, name_problem
+from pkvc.schema.parts import Part, parse_parts, part_refs, parts_json, parts_size
+from pkvc.schema.timefmt import SchemaTime, format_time
 
 PERMISSION_BITS = 0o7777
 LINK_GROUP_KEY = "pkvcLinkGroup"
@@ -66,6 +66,21 @@ class UnixMeta:
         if self.ctime is not None:
             m["unixCtime"] = str(self.ctime)
         return m
+
+    def json_fields(self) -> list[tuple[str, str]]:
+        """`to_map`'s items, each value as `json_value` writes it."""
+        fields = []
+        if self.permission is not None:
+            fields.append(("unixPermission", '"0%o"' % self.permission))
+        for key, value in (("unixOwnerId", self.uid), ("unixOwner", self.owner),
+                           ("unixGroupId", self.gid), ("unixGroup", self.group)):
+            if value is not None:
+                fields.append((key, str(value) if type(value) is int else json_value(value)))
+        if self.mtime is not None:
+            fields.append(("unixMtime", '"' + format_time(self.mtime) + '"'))
+        if self.ctime is not None:
+            fields.append(("unixCtime", '"' + format_time(self.ctime) + '"'))
+        return fields
 
     @classmethod
     def from_map(cls, m) -> "UnixMeta":
@@ -105,8 +120,31 @@ class _Node:
         m.update(self.meta.to_map())
         return m
 
+    def _common_fields(self) -> list[tuple[str, str]]:
+        """`_common_map`'s items but camliVersion, as `json_value` writes them."""
+        fields = [("camliType", go_string(self.camli_type))]
+        if self.name is not None:
+            fields.append(name_field(self.name, "fileName"))
+        fields += self.meta.json_fields()
+        return fields
+
     def to_json(self) -> bytes:
-        return canonical_json(self.to_map())
+        """canonical_json(self.to_map()), written without the map (one per file
+        of a snapshot); `tests/test_schema_fsnodes.py` checks they agree."""
+        return schema_json(self._json_fields())
+
+    def _json_fields(self) -> list[tuple[str, str]]:
+        return self._common_fields()
+
+
+def name_field(raw: bytes, key: str) -> tuple[str, str]:
+    """`encode_name(raw, key)`'s one item, its value as `json_value` writes it."""
+    try:
+        return key, go_string(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        return key + "Bytes", json_value(mixed_array_from_bytes(raw))
+    except AttributeError:  # not bytes: a bytearray or memoryview
+        return name_field(bytes(raw), key)
 
 
 @dataclass(frozen=True)
@@ -124,6 +162,15 @@ class FileBlob(_Node):
 
     def refs(self) -> list[BlobRef]:
         return part_refs(self.parts) + ([self.whole_ref] if self.whole_ref else [])
+
+    def _json_fields(self) -> list[tuple[str, str]]:
+        fields = self._common_fields()
+        fields.append(("parts", parts_json(self.parts)))
+        if self.whole_ref is not None:
+            fields.append(("wholeRef", go_string(str(self.whole_ref))))
+        if self.link_group is not None:
+            fields.append((LINK_GROUP_KEY, json_value(self.link_group)))
+        return fields
 
     def to_map(self) -> dict:
         m = self._common_map()
@@ -153,6 +200,9 @@ class DirectoryBlob(_Node):
     def refs(self) -> list[BlobRef]:
         return [self.entries]
 
+    def _json_fields(self) -> list[tuple[str, str]]:
+        return self._common_fields() + [("entries", go_string(str(self.entries)))]
+
     def to_map(self) -> dict:
         return {**self._common_map(), "entries": str(self.entries)}
 
@@ -173,6 +223,9 @@ class SymlinkBlob(_Node):
 
     def refs(self) -> list[BlobRef]:
         return []
+
+    def _json_fields(self) -> list[tuple[str, str]]:
+        return self._common_fields() + [name_field(self.target, "symlinkTarget")]
 
     def to_map(self) -> dict:
         return {**self._common_map(), **encode_name(self.target, "symlinkTarget")}

@@ -15,7 +15,7 @@ from typing import ClassVar
 
 from pkvc.blobref import BlobRef
 from pkvc.errors import SchemaError
-from pkvc.schema.canonical import canonical_json
+from pkvc.schema.canonical import go_string, json_value, schema_json
 from pkvc.schema.fields import as_map, expect_type, get_int, get_ref
 
 
@@ -77,6 +77,25 @@ def parts_size(parts) -> int:
     return sum(p.size for p in parts)
 
 
+def parts_json(parts) -> str:
+    """The `parts` list of a file or bytes blob as `canonical_json` writes
+    it (a top-level value): one object per part, keys in order."""
+    if not parts:
+        return "[]"
+    items = []
+    for p in parts:
+        fields = []
+        if p.blob_ref is not None:
+            fields.append('"blobRef": ' + go_string(str(p.blob_ref)))
+        if p.bytes_ref is not None:
+            fields.append('"bytesRef": ' + go_string(str(p.bytes_ref)))
+        if p.offset:
+            fields.append('"offset": ' + json_value(p.offset))
+        fields.append('"size": ' + json_value(p.size))
+        items.append("{\n      " + ",\n      ".join(fields) + "\n    }")
+    return "[\n    " + ",\n    ".join(items) + "\n  ]"
+
+
 def part_refs(parts) -> list[BlobRef]:
     return [p.ref for p in parts if p.ref is not None]
 
@@ -100,7 +119,7 @@ class BytesBlob:
                 "parts": [p.to_map() for p in self.parts]}
 
     def to_json(self) -> bytes:
-        return canonical_json(self.to_map())
+        return schema_json([("camliType", '"bytes"'), ("parts", parts_json(self.parts))])
 
     @classmethod
     def from_json(cls, data) -> "BytesBlob":

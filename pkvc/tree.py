@@ -63,7 +63,7 @@ READ_THREADS = 1
 # (list, stat the first AHEAD_BLOCK entries, read their small files), up to
 # PREREAD_BYTES of content a job: a tree of small directories (~5 files each
 # in the bench) otherwise makes the walker wait for the reader at each one.
-PREREAD_BYTES = 1024 * 1024
+PREREAD_BYTES = 256 * 1024
 # The walker does not wait for the reader (it reads what the reader has not
 # yet), so jobs may queue up; each holds a directory fd: at most this many.
 MAX_JOBS = 64

@@ -68,8 +68,8 @@ class Location(NamedTuple):
         return PackEntry(ref, self.kind, self.compression, self.offset, self.length, self.raw_length)
 
 
-def _encode_location(pack_id: str, e: PackEntry) -> bytes:
-    return _LOCATION.pack(bytes.fromhex(pack_id), e.kind, e.compression, e.offset, e.length, e.raw_length)
+def _encode_location(raw_pack_id: bytes, e: PackEntry) -> bytes:
+    return _LOCATION.pack(raw_pack_id, e.kind, e.compression, e.offset, e.length, e.raw_length)
 
 
 def _decode_location(value: bytes) -> Location:
@@ -353,9 +353,10 @@ class Index:
 
     def add_pack(self, pack_id: str, size: int, entries: list[PackEntry]) -> None:
         """Record a pack and its blobs (buffered; see flush)."""
+        raw_id, pending = bytes.fromhex(pack_id), self._pending
         for e in entries:
-            self._pending[_BLOB + e.ref.to_key()] = _encode_location(pack_id, e)
-        self._pending[_PACK + bytes.fromhex(pack_id)] = _PACKINFO.pack(size, len(entries))
+            pending[_BLOB + e.ref.to_key()] = _encode_location(raw_id, e)
+        pending[_PACK + raw_id] = _PACKINFO.pack(size, len(entries))
         if len(self._pending) >= FLUSH_EVERY:
             self.flush()
 

@@ -505,8 +505,8 @@ class _Walker:
         inputs before (an unchanged subtree costs no JSON and no hashing)."""
         for slots in frame.jobs:  # what the reader has not begun, it skips
             slots[:] = [_TAKEN] * len(slots)
-        self._reap_jobs()
         try:
+            self._reap_jobs()
             return self._dir_blob(frame)
         finally:
             os.close(frame.fd)

@@ -533,3 +533,19 @@ def test_the_walk_does_not_depend_on_how_far_the_reader_got(tmp_path, monkeypatc
     alone = put_path(root, MemStore(), chunker=SMALL)
     assert alone.ref == ahead.ref and alone.files == ahead.files == sum(d % 6 for d in range(40))
     assert len(os.listdir("/proc/self/fd")) == fds
+
+
+def test_an_unexpected_error_of_the_reader_reaches_the_caller(tmp_path, monkeypatch):
+    """Not an OSError (those are reported per file): raised by put_path, with
+    every fd closed."""
+    import pkvc.tree
+    root = _many_small_dirs(tmp_path / "src")
+
+    def failing(dir_fd, name, params):  # (every file: the walker reads some itself)
+        raise RuntimeError("reader broke")
+
+    monkeypatch.setattr(pkvc.tree, "_read_file", failing)
+    fds = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(RuntimeError, match="reader broke"):
+        put_path(root, MemStore(), chunker=SMALL)
+    assert len(os.listdir("/proc/self/fd")) == fds

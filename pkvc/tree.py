@@ -59,14 +59,6 @@ _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_C
 AHEAD_BLOCK = 32
 READ_JOB = 16
 READ_THREADS = 1
-# While most files are new, a job also pre-reads the subdirectories of a block
-# (list, stat the first AHEAD_BLOCK entries, read their small files), up to
-# PREREAD_BYTES of content a job: a tree of small directories (~5 files each
-# in the bench) otherwise makes the walker wait for the reader at each one.
-PREREAD_BYTES = 256 * 1024
-# The walker does not wait for the reader (it reads what the reader has not
-# yet), so jobs may queue up; each holds a directory fd: at most this many.
-MAX_JOBS = 64
 
 
 class BlobSink(Protocol):
@@ -218,9 +210,8 @@ class _DirFrame:
     unchecked: list[tuple[int, bytes]] = field(default_factory=list)
     # Entries stat'ed (and their small files being read) ahead of the walk
     ahead: deque = field(default_factory=deque)
-    jobs: list = field(default_factory=list)  # the result slots of its read-ahead jobs
+    jobs: list = field(default_factory=list)  # read-ahead jobs that use `fd`
     scanned: int = 0  # names[:scanned] are in `ahead` or done
-    preread: "_Preread | None" = None  # what a reader found here ahead of the walk
 
     def child_paths(self, name: bytes) -> tuple[bytes, bytes]:
         """(absolute path, path relative to the top) of an entry."""
@@ -232,31 +223,13 @@ class _Entry:
     """A directory entry prepared ahead: its stat (or the error getting it),
     the stat cache's answer for a file, and where its read-ahead lands."""
 
-    __slots__ = ("name", "path", "rel", "st", "error", "cached", "slots", "slot")
+    __slots__ = ("name", "path", "rel", "st", "error", "cached", "job", "slot")
 
     def __init__(self, name, path, rel, st, error=None):
         self.name, self.path, self.rel, self.st, self.error = name, path, rel, st, error
         self.cached = _NOT_LOOKED_UP
-        self.slots: list | None = None  # its read-ahead job's results, if any
-        self.slot = 0  # its place in them
-
-
-# A read-ahead job's result slots: _PENDING until the reader fills one;
-# _TAKEN once the walker has taken it (or gone on without it: the reader
-# skips what it has not begun).
-_PENDING = object()
-_TAKEN = object()
-
-
-def _take(entry: _Entry):
-    """What the reader put in the entry's slot: its result, or _PENDING if it
-    is not there yet (the walker then does the work itself: waiting costs
-    more, as the reader needs the GIL the walker holds for each syscall)."""
-    slots, slot = entry.slots, entry.slot
-    if slots is None:
-        return _PENDING
-    found, slots[slot] = slots[slot], _TAKEN
-    return found
+        self.job: Future | None = None  # its read-ahead job, if any
+        self.slot = 0  # its place in the job's results
 
 
 _NOT_LOOKED_UP = object()
@@ -276,9 +249,6 @@ class _Walker:
         self._unchecked = False  # set by _cached when it did so
         self._read_again = False  # _check_files is storing a file whose cached blob is gone
         self._readers: ThreadPoolExecutor | None = None
-        # Read-ahead jobs not yet seen done, each with the directory fd it
-        # owns (a dup: a job may outlive its directory's frame)
-        self._jobs: list[tuple[Future, int]] = []
         self._cache_hits = self._cache_misses = 0  # stat cache answers for files
 
     def run(self, path: bytes) -> PutResult:
@@ -333,46 +303,17 @@ class _Walker:
                 stack.pop()
                 ref = self._finish_dir(frame)
                 if not stack:
-                    self._stop_readers()
                     return ref
                 stack[-1].refs.append(ref)
         finally:
-            try:
-                self._stop_readers(raise_errors=False)  # (an error is on its way)
-            finally:
-                for frame in stack:
-                    os.close(frame.fd)
+            if self._readers is not None:  # no read may use a directory fd once closed
+                self._readers.shutdown(wait=True, cancel_futures=True)
+                self._readers = None
+            for frame in stack:
+                os.close(frame.fd)
         return None
 
-    def _stop_readers(self, raise_errors: bool = True) -> None:
-        """Stop the reader (what it has not begun is dropped) and close the
-        fds of the jobs it will not run; raise the first error a job met."""
-        if self._readers is not None:
-            self._readers.shutdown(wait=True, cancel_futures=True)
-            self._readers = None
-        jobs, self._jobs = self._jobs, []
-        for job, fd in jobs:
-            if job.cancelled():
-                os.close(fd)
-        if raise_errors:
-            for job, _ in jobs:
-                if not job.cancelled():
-                    job.result()
-
-    def _reap_jobs(self) -> None:
-        """Forget the jobs done, raising the first error one met."""
-        running = []
-        for job, fd in self._jobs:
-            if job.done():
-                job.result()
-            else:
-                running.append((job, fd))
-        self._jobs = running
-
-    def _open_dir(self, parent_fd, name, path, rel, st,
-                  preread: "_Preread | None" = None) -> _DirFrame | None:
-        """Open and list a directory; a reader's `preread` of it stands for the
-        listing if it was of this very directory (same device and inode)."""
+    def _open_dir(self, parent_fd, name, path, rel, st) -> _DirFrame | None:
         try:
             fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd) if name else \
                 os.open(path, _DIR_FLAGS)
@@ -380,16 +321,13 @@ class _Walker:
             self._skip(path, e.strerror or str(e))
             return None
         try:
+            names = sorted([n.encode(_FS_ENCODING, _FS_ERRORS) for n in os.listdir(fd)])
             st = os.fstat(fd)
-            if preread is not None and preread.dev_ino != (st.st_dev, st.st_ino):
-                preread = None
-            names = preread.names if preread is not None else \
-                sorted([n.encode(_FS_ENCODING, _FS_ERRORS) for n in os.listdir(fd)])
         except OSError as e:
             os.close(fd)
             self._skip(path, e.strerror or str(e))
             return None
-        return _DirFrame(fd, path, rel, name, st, names, preread=preread)
+        return _DirFrame(fd, path, rel, name, st, names)
 
     def _prepare(self, frame: _DirFrame) -> None:
         """Stat the next block of entries, ask the stat cache about its files,
@@ -398,20 +336,14 @@ class _Walker:
         names, frame.scanned = frame.names[frame.scanned:end], end
         cache, exclude, dir_fd = self.stat_cache, self.exclude, frame.fd
         min_size = self.chunker.min_size
-        pre = frame.preread
-        stats, reads = (pre.stats, pre.reads) if pre is not None else ({}, {})
         to_read: list[_Entry] = []
         subdirs: list[_Entry] = []
         for name in names:
             path, rel = frame.child_paths(name)
-            st = stats.pop(name, None)
-            if st is None:
-                try:
-                    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-                except OSError as e:
-                    st = e.strerror or str(e)
-            if type(st) is str:  # the error met
-                frame.ahead.append(_Entry(name, path, rel, None, st))
+            try:
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            except OSError as e:
+                frame.ahead.append(_Entry(name, path, rel, None, e.strerror or str(e)))
                 continue
             if exclude is not None and exclude(rel, statmod.S_ISDIR(st.st_mode)):
                 continue
@@ -429,26 +361,17 @@ class _Walker:
                     continue
                 self._cache_misses += 1
             if st.st_size < min_size:
-                read = reads.pop(name, None)
-                if read is not None:
-                    entry.slots = [read]
-                else:
-                    to_read.append(entry)
-        if pre is not None and frame.scanned >= len(frame.names):
-            frame.preread = None  # all used (what was not is dropped)
-        jobs = [to_read[i:i + READ_JOB] for i in range(0, len(to_read), READ_JOB)]
-        if subdirs and self._mostly_new:
-            # Reading subdirectories ahead pays while most files are new; in
+                to_read.append(entry)
+        jobs = [to_read[i:i + READ_JOB] for i in range(0, len(to_read), READ_JOB)] or [[]]
+        if self._mostly_new:
+            # Listing subdirectories ahead pays while most files are new; in
             # a re-snapshot, where the stat cache answers for most, it costs a
             # thread hand-off per directory and saves nothing (unchanged
             # re-snapshot of the 2 GiB tree, 10,684 directories: 4.9 -> 2.7 s).
-            # After the files of the last job (a job less to hand over).
-            if jobs:
-                jobs[-1] += subdirs
-            else:
-                jobs.append(subdirs)
+            jobs[0] += subdirs
         for entries in jobs:
-            self._read_ahead(frame, entries)
+            if entries:
+                self._read_ahead(frame, entries)
 
     @property
     def _mostly_new(self) -> bool:
@@ -456,28 +379,17 @@ class _Walker:
         return self._cache_misses >= self._cache_hits
 
     def _read_ahead(self, frame: _DirFrame, entries: list[_Entry]) -> None:
-        """One job: read the files among `entries`, then pre-read the
-        directories (only while most files are new does `_prepare` give it
-        directories)."""
+        """One job: read the files among `entries`, then list the directories
+        and start reading their small files (only while most files are new
+        does `_prepare` give it directories)."""
         if self._readers is None:
             self._readers = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="pkvc-read")
-        if len(self._jobs) >= MAX_JOBS:
-            self._reap_jobs()
-            if len(self._jobs) >= MAX_JOBS:
-                return  # the reader is far behind: the walker reads these itself
         files = [e.name for e in entries if not statmod.S_ISDIR(e.st.st_mode)]
         dirs = [e.name for e in entries[len(files):]]
-        slots = [_PENDING] * len(entries)
-        fd = os.dup(frame.fd)
-        try:
-            job = self._readers.submit(_read_block_closing, fd, files, dirs, self.chunker, slots)
-        except BaseException:
-            os.close(fd)
-            raise
-        self._jobs.append((job, fd))
-        frame.jobs.append(slots)
+        job = self._readers.submit(_read_block, frame.fd, files, dirs, self.chunker)
+        frame.jobs.append(job)
         for slot, entry in enumerate(entries):
-            entry.slots, entry.slot = slots, slot
+            entry.job, entry.slot = job, slot
 
     def _visit(self, frame: _DirFrame, entry: _Entry) -> _DirFrame | None:
         """Store one entry of `frame`; return a frame to descend into, if a dir."""
@@ -486,9 +398,7 @@ class _Walker:
             self._skip(path, entry.error)
             return None
         if statmod.S_ISDIR(st.st_mode):
-            pre = _take(entry)
-            return self._open_dir(frame.fd, name, path, entry.rel, st,
-                                  pre if type(pre) is _Preread else None)
+            return self._open_dir(frame.fd, name, path, entry.rel, st)
         self._defer_to, self._unchecked = frame, False
         try:
             ref = self._put_leaf(frame.fd, name, path, st, entry)
@@ -503,10 +413,9 @@ class _Walker:
     def _finish_dir(self, frame: _DirFrame) -> BlobRef:
         """The directory's blob: from the stat cache when built from the same
         inputs before (an unchanged subtree costs no JSON and no hashing)."""
-        for slots in frame.jobs:  # what the reader has not begun, it skips
-            slots[:] = [_TAKEN] * len(slots)
+        for job in frame.jobs:  # done by now, all but surely: they use frame.fd
+            job.result()
         try:
-            self._reap_jobs()
             return self._dir_blob(frame)
         finally:
             os.close(frame.fd)
@@ -598,22 +507,27 @@ class _Walker:
         cached = self._cached(path, st, _NOT_LOOKED_UP if entry is None else entry.cached)
         if cached is not None:
             return cached
-        read = None if entry is None else _take(entry)
-        if isinstance(read, OSError):
-            raise read
-        if type(read) is tuple and read[1] is not None:
+        read = None
+        if entry is not None and entry.job is not None:
+            results = entry.job.result()
+            read, results[entry.slot] = results[entry.slot], None  # the frame keeps the job
+            if isinstance(read, OSError):
+                raise read
+        if read is not None and read[1] is not None:
             st, data = read
             # Copied on this thread, so the reader's buffer is freed now: the
             # reader's malloc arena then stays a job big, instead of holding
             # what waits to be sealed (2 GiB bench peak RSS: 184 -> 170 MiB).
-            parts = self._one_chunk(bytes(memoryview(data)), path)
-        else:  # not read ahead (or not yet), or not as one chunk
+            data = bytes(memoryview(data))
+            parts = [Part(len(data), blob_ref=self.sink.put_data(data))] if data else []
+            self.result.bytes_read += len(data)
+            if data:
+                self._emit(BytesRead(os.fsdecode(path), len(data)))
+        else:  # not read ahead, or not as one chunk
             fd = _open_for_reading(dir_fd, name)
             try:
                 st = _fstat_file(fd)
-                data = read_small(fd, st, self.chunker)  # (None at once if big)
-                parts = self._one_chunk(data, path) if data is not None else \
-                    self._read_parts(fd, path)
+                parts = self._read_parts(fd, path)
             finally:
                 os.close(fd)
         parts = fit_parts(parts, self.sink, self.max_parts)
@@ -644,14 +558,6 @@ class _Walker:
         self.result.cached_files += 1
         self._emit(FileStored(os.fsdecode(path), st.st_size, True))
         return ref
-
-    def _one_chunk(self, data: bytes, path: bytes) -> list[Part]:
-        """The parts of a file that is one chunk (or empty), read whole."""
-        if not data:
-            return []
-        self.result.bytes_read += len(data)
-        self._emit(BytesRead(os.fsdecode(path), len(data)))
-        return [Part(len(data), blob_ref=self.sink.put_data(data))]
 
     def _read_parts(self, fd: int, path: bytes) -> list[Part]:
         parts, shown = [], os.fsdecode(path)
@@ -684,116 +590,49 @@ class _Walker:
         return self._groups[gid]
 
 
-def _read_block(dir_fd: int, files: list[bytes], dirs: list[bytes], params,
-                slots: list | None = None) -> list:
-    """A read-ahead job, on a reader thread: in `slots`, one by one, for each
-    of `files` (small files) `_read_file`, then for each of `dirs` its
-    `_Preread` (or None), up to PREREAD_BYTES of file content in all; the
-    slots the walker has taken are skipped. Syscalls and all: the walker
-    meanwhile holds the GIL only for Python. Returns the slots."""
-    if slots is None:
-        slots = [_PENDING] * (len(files) + len(dirs))
-    budget = PREREAD_BYTES
-    for i, name in enumerate(files + dirs):
-        if slots[i] is not _PENDING:
-            continue
-        if i < len(files):
-            found = _read_file(dir_fd, name, params)
-        else:
-            found = _preread_dir(dir_fd, name, params, budget)
-            if found is not None:
-                budget -= found.size
-        if slots[i] is _PENDING:  # (else taken meanwhile: dropped)
-            slots[i] = found
-    return slots
-
-
-def _read_block_closing(dir_fd: int, *args) -> list:
-    """`_read_block` with a directory fd of its own, closed when done."""
-    try:
-        return _read_block(dir_fd, *args)
-    finally:
-        os.close(dir_fd)
-
-
-def _read_file(dir_fd: int, name: bytes, params):
-    """A small file's (fstat, content), or (fstat, None) when it is not one
-    chunk any more, or the OSError met."""
-    try:
-        fd = _open_for_reading(dir_fd, name)
+def _read_block(dir_fd: int, files: list[bytes], dirs: list[bytes], params) -> list:
+    """A read-ahead job, on a reader thread: for each of `files` (small
+    files), (its fstat, its content) or (its fstat, None) when it is not one
+    chunk any more, or the OSError met. Syscalls and all: the walker
+    meanwhile holds the GIL only for Python. Then `_list_dir` each of `dirs`."""
+    results: list = []
+    for name in files:
         try:
-            st = _fstat_file(fd)
-            return st, read_small(fd, st, params)
-        finally:
-            os.close(fd)
-    except OSError as e:
-        return e
+            fd = _open_for_reading(dir_fd, name)
+            try:
+                st = _fstat_file(fd)
+                results.append((st, read_small(fd, st, params)))
+            finally:
+                os.close(fd)
+        except OSError as e:
+            results.append(e)
+    for name in dirs:
+        _list_dir(dir_fd, name, params.min_size)
+    return results
 
 
-class _Preread:
-    """A subdirectory as a reader found it: which directory (device, inode),
-    its sorted names, the lstat (or error message) of its first AHEAD_BLOCK
-    entries and `_read_file` of the small regular files among them."""
-
-    __slots__ = ("dev_ino", "names", "stats", "reads", "size")
-
-    def __init__(self, dev_ino, names):
-        self.dev_ino, self.names = dev_ino, names
-        self.stats: dict[bytes, object] = {}
-        self.reads: dict[bytes, object] = {}
-        self.size = 0  # content bytes held in `reads`
-
-
-def _preread_dir(dir_fd: int, name: bytes, params, budget: int) -> _Preread | None:
-    """`_Preread` a subdirectory, reading at most about `budget` bytes; and
-    ask the kernel to start reading the first min_size bytes of its other
-    files (no wait, no copy), so the walker's reads of them meet less of a
-    cold disk's latency (listing it also brings its blocks into the page
-    cache). None if it cannot be read: the walker meets and reports the
-    error itself."""
+def _list_dir(dir_fd: int, name: bytes, warm: int) -> None:
+    """List a subdirectory once so that its blocks are in the page cache
+    when the walker lists it (a cold directory costs a disk read, and a tree
+    may have many small ones), and ask the kernel to start reading the
+    first `warm` bytes of its files (no wait, no copy), so the walker's
+    reads of them meet less of the disk's latency."""
     try:
         fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
     except OSError:
-        return None
+        return  # the walker meets and reports the error itself
     try:
-        st = os.fstat(fd)
         with os.scandir(fd) as entries:
-            found = [(e.name.encode(_FS_ENCODING, _FS_ERRORS), e.is_file(follow_symlinks=False))
-                     for e in entries]
-        found.sort()
-        pre = _Preread((st.st_dev, st.st_ino), [n for n, _ in found])
-        for entry_name, _ in found[:AHEAD_BLOCK]:
+            files = [e.name for e in entries if e.is_file(follow_symlinks=False)]
+        for file in files:
             try:
-                entry_st = os.stat(entry_name, dir_fd=fd, follow_symlinks=False)
-            except OSError as e:
-                pre.stats[entry_name] = e.strerror or str(e)
+                file_fd = _open_for_reading(fd, os.fsencode(file))
+            except OSError:
                 continue
-            pre.stats[entry_name] = entry_st
-            if not statmod.S_ISREG(entry_st.st_mode):
-                continue
-            if entry_st.st_size < params.min_size and pre.size < budget:
-                read = pre.reads[entry_name] = _read_file(fd, entry_name, params)
-                if type(read) is tuple and read[1] is not None:
-                    pre.size += len(read[1])
-            else:
-                _warm(fd, entry_name, params.min_size)
-        for entry_name, is_file in found[AHEAD_BLOCK:]:
-            if is_file:
-                _warm(fd, entry_name, params.min_size)
-        return pre
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-
-
-def _warm(dir_fd: int, name: bytes, size: int) -> None:
-    try:
-        fd = _open_for_reading(dir_fd, name)
-    except OSError:
-        return
-    try:
-        os.posix_fadvise(fd, 0, size, os.POSIX_FADV_WILLNEED)
+            try:
+                os.posix_fadvise(file_fd, 0, warm, os.POSIX_FADV_WILLNEED)
+            finally:
+                os.close(file_fd)
     except OSError:
         pass
     finally:

@@ -406,12 +406,9 @@ def test_files_read_ahead_give_the_refs_of_files_read_alone(tmp_path):
         for i in range(75 if d == 5 else 4):
             size = 3 * KiB if i % 7 == 3 else i * 37
             (sub / f"f{i:03}").write_bytes(os.urandom(size))
-    os.symlink("f000", root / "d01" / "a-link")  # pre-read, not read
-    os.mkfifo(root / "d02" / "a-fifo")
     store, alone = MemStore(), MemStore()
     result = put_path(root, store, chunker=SMALL)
     assert result.errors == [] and result.files == 11 * 4 + 75
-    assert result.symlinks == 1 and result.specials == 1
     found = 0
     for dirpath, _, names in os.walk(root):
         listing = _children(store, _find_dir(store, result.ref, Path(dirpath).relative_to(root)))
@@ -420,7 +417,7 @@ def test_files_read_ahead_give_the_refs_of_files_read_alone(tmp_path):
             assert store.get(ref) == alone.get(ref)
             assert listing[name.encode()] == _blob(alone, ref)
             found += 1
-    assert found == result.files + result.symlinks + result.specials
+    assert found == result.files
 
 
 def _find_dir(store, ref, rel: Path):
@@ -438,114 +435,11 @@ def test_a_read_ahead_job_reports_each_file_it_cannot_read(tmp_path):
     os.mkfifo(tmp_path / "fifo")
     fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        small, big, missing, fifo, gone_dir = _read_block(
-            fd, [b"small", b"big", b"gone", b"fifo"], [b"gone-dir"], SMALL)
+        small, big, missing, fifo = _read_block(fd, [b"small", b"big", b"gone", b"fifo"],
+                                                [b"gone-dir"], SMALL)
     finally:
         os.close(fd)
-    assert gone_dir is None  # the walker meets and reports it itself
     assert small[1] == b"abc" and small[0].st_size == 3
     assert big[1] is None  # not one chunk: the walker chunks it itself
     assert isinstance(missing, FileNotFoundError)
     assert isinstance(fifo, OSError) and "replaced by a non-file" in str(fifo)
-
-
-def test_a_read_ahead_job_pre_reads_subdirectories(tmp_path):
-    """Names sorted, the first AHEAD_BLOCK entries stat'ed, their small
-    regular files read; no more content than the budget."""
-    from pkvc.tree import AHEAD_BLOCK, _read_block
-    sub = tmp_path / "sub"
-    sub.mkdir()
-    (sub / "b-small").write_bytes(b"abc")
-    (sub / "a-big").write_bytes(b"x" * (2 * KiB))
-    (sub / "c-dir").mkdir()
-    os.symlink("b-small", sub / "d-link")
-    for i in range(AHEAD_BLOCK):
-        (sub / f"z{i:03}").write_bytes(b"z")
-    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        [pre] = _read_block(fd, [], [b"sub"], SMALL)
-    finally:
-        os.close(fd)
-    st = os.stat(sub)
-    assert pre.dev_ino == (st.st_dev, st.st_ino)
-    assert pre.names == sorted(os.fsencode(n) for n in os.listdir(sub))
-    assert list(pre.stats) == pre.names[:AHEAD_BLOCK]
-    assert stat.S_ISLNK(pre.stats[b"d-link"].st_mode)
-    assert pre.reads[b"b-small"][1] == b"abc" and b"a-big" not in pre.reads
-    assert set(pre.reads) == {b"b-small"} | {n for n in pre.names[:AHEAD_BLOCK] if n[:1] == b"z"}
-    assert pre.size == len(pre.reads) - 1 + 3
-
-
-def test_pre_reads_stop_reading_content_at_the_budget(tmp_path, monkeypatch):
-    import pkvc.tree
-    for d in range(3):
-        (tmp_path / f"d{d}").mkdir()
-        (tmp_path / f"d{d}" / "f").write_bytes(b"x" * 600)
-    monkeypatch.setattr(pkvc.tree, "PREREAD_BYTES", 1000)
-    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        pres = pkvc.tree._read_block(fd, [], [b"d0", b"d1", b"d2"], SMALL)
-    finally:
-        os.close(fd)
-    assert [len(p.reads) for p in pres] == [1, 1, 0]  # stops once 1000 bytes are held
-    assert all(list(p.stats) == [b"f"] for p in pres)
-
-
-def test_a_pre_read_of_another_directory_is_not_used(tmp_path):
-    """A directory swapped after the reader read it: the walker lists the one
-    it opened."""
-    from pkvc.tree import _Preread, _Walker
-    (tmp_path / "d").mkdir()
-    (tmp_path / "d" / "real").write_bytes(b"r")
-    walker = _Walker(MemStore(), None, None, SMALL, MAX_PARTS, 10_000, None)
-    st = os.stat(tmp_path / "d")
-    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        for dev_ino, names in (((st.st_dev, st.st_ino + 1), [b"real"]),
-                               ((st.st_dev, st.st_ino), [b"from-the-reader"])):
-            stale = _Preread(dev_ino, [b"from-the-reader"])
-            frame = walker._open_dir(fd, b"d", bytes(tmp_path / "d"), b"d", st, stale)
-            os.close(frame.fd)
-            assert frame.names == names
-    finally:
-        os.close(fd)
-
-
-def _many_small_dirs(root: Path) -> Path:
-    for d in range(40):
-        sub = root / f"d{d:02}" / ("deeper" if d % 4 == 0 else "")
-        sub.mkdir(parents=True, exist_ok=True)
-        for i in range(d % 6):
-            (sub / f"f{i}").write_bytes(os.urandom(i * 300))
-    return root
-
-
-def test_the_walk_does_not_depend_on_how_far_the_reader_got(tmp_path, monkeypatch):
-    """The walker takes what the reader has read and reads the rest itself:
-    with no read-ahead job at all (the reader far behind), the same blobs;
-    and no fd is left open either way."""
-    import pkvc.tree
-    root = _many_small_dirs(tmp_path / "src")
-    fds = len(os.listdir("/proc/self/fd"))
-    ahead = put_path(root, MemStore(), chunker=SMALL)
-    assert len(os.listdir("/proc/self/fd")) == fds
-    monkeypatch.setattr(pkvc.tree, "MAX_JOBS", 0)
-    alone = put_path(root, MemStore(), chunker=SMALL)
-    assert alone.ref == ahead.ref and alone.files == ahead.files == sum(d % 6 for d in range(40))
-    assert len(os.listdir("/proc/self/fd")) == fds
-
-
-def test_an_unexpected_error_of_the_reader_reaches_the_caller(tmp_path, monkeypatch):
-    """Not an OSError (those are reported per file): raised by put_path, with
-    every fd closed."""
-    import pkvc.tree
-    root = _many_small_dirs(tmp_path / "src")
-
-    def failing(dir_fd, name, params):  # (every file: the walker reads some itself)
-        raise RuntimeError("reader broke")
-
-    monkeypatch.setattr(pkvc.tree, "_read_file", failing)
-    fds = len(os.listdir("/proc/self/fd"))
-    with pytest.raises(RuntimeError, match="reader broke"):
-        put_path(root, MemStore(), chunker=SMALL)
-    assert len(os.listdir("/proc/self/fd")) == fds

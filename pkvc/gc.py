@@ -44,7 +44,7 @@ from pkvc.errors import BackendError, BlobNotFoundError, IntegrityError, SchemaE
 from pkvc.identity import list_identities
 from pkvc.pack import KIND_DATA, KIND_SIGNED
 from pkvc.progress import NO_PROGRESS, Progress
-from pkvc.repo import Location, Repository
+from pkvc.repo import Location, Repository, split_refs
 from pkvc.schema.anyblob import parse_blob, walk_refs
 from pkvc.schema.claims import DeleteClaim, ShareClaim
 from pkvc.sessions import KIND_GC, Lease, LeaseExpiredError, Plan, RefSet, SortedKeys
@@ -305,6 +305,32 @@ class Rows:
         return frees
 
 
+class KnownRefs:
+    """The refs cache's rows of a BlobTable's blobs, read in one scan of the
+    cache (in one buffer, about 8 bytes a blob beside the rows): marking
+    finds the refs of a schema blob without a lookup each."""
+
+    _NONE = 0xFFFFFFFF
+
+    def __init__(self, repo: Repository, table: BlobTable):
+        data = bytearray()
+        self.starts = array("I", [self._NONE]) * table.n
+        self.ends = array("I", [0]) * table.n
+        ordinal = table.ordinal_finder()
+        for key, row in repo.all_known_refs():
+            o = ordinal(key)
+            if o >= 0 and len(data) + len(row) < self._NONE:  # (else looked up when wanted)
+                self.starts[o] = len(data)
+                data += row
+                self.ends[o] = len(data)
+        self.data = bytes(data)  # (a bytearray's slices would not hash)
+
+    def get(self, o: int) -> list[bytes] | None:
+        """The ref keys blob `o` holds; None if the cache had no row for it."""
+        start = self.starts[o]
+        return None if start == self._NONE else split_refs(self.data[start:self.ends[o]])
+
+
 # -- roots --------------------------------------------------------------------------------
 
 def claim_roots(repo: Repository, clock: Callable[[], int] = time.time_ns) -> Iterator[BlobRef]:
@@ -325,9 +351,8 @@ def claim_roots(repo: Repository, clock: Callable[[], int] = time.time_ns) -> It
                              "claims; run `pkvc check` before gc")
     for identity in list_identities(repo):
         yield identity.public_key_ref
-    for key in repo.signed_keys():
-        ref = BlobRef.from_key(key)
-        if index.permanode(ref) is not None and not index.is_deleted(ref):
+    for ref in index.permanodes():  # (synced: a permanode no pack holds has no row)
+        if repo.contains(ref) and not index.is_deleted(ref):
             yield ref
             for claim in index.claims_on(ref):
                 yield claim.ref
@@ -435,23 +460,35 @@ class _Run:
         self.table = BlobTable.build((k, self.places.add(len(k), loc)) for k, loc, _ in
                                      self.repo.all_locations(copies=False))
         self.places.seal(self.table.kinds)
+        self.known = KnownRefs(self.repo, self.table)
         self.primaries_read = True  # the index's primary rows are still those of `places`
         self.live = Bits(self.table.n)
 
-    def refs_of(self, keys: Iterable[bytes]) -> list[bytes]:
-        """The refs the given schema blobs hold: from the refs cache
-        (`Repository.known_refs`), else read in pack order, batched, and then
-        cached. A blob that is not valid schema holds none; nor does one removed
-        meanwhile (by a plan this gc finished): what held it is garbage."""
+    def refs_of(self, keys: Iterable[bytes], ordinals: list[int] | None = None) -> list[bytes]:
+        """The refs the given schema blobs hold (`ordinals`: theirs in the
+        table, if the caller has them): from the refs cache (`KnownRefs`, then
+        `Repository.known_refs` for rows written since), else read in pack
+        order, batched, and then cached. A blob that is not valid schema holds
+        none; nor does one removed meanwhile (by a plan this gc finished): what
+        held it is garbage."""
         found: list[bytes] = []
-        located, elsewhere = [], []
         keys = list(keys)
-        for key, known in zip(keys, self.repo.known_refs(keys)):
+        if ordinals is None:
+            ordinals = [self.table.ordinal(key) for key in keys]
+        unknown: list[tuple[bytes, int]] = []
+        for key, o in zip(keys, ordinals):
+            held = self.known.get(o) if o >= 0 else None
+            if held is None:
+                unknown.append((key, o))
+            else:
+                found += held
+        if not unknown:
+            return found
+        located, elsewhere = [], []
+        for (key, o), known in zip(unknown, self.repo.known_refs([k for k, _ in unknown])):
             if known is not None:
                 found += known
-                continue
-            o = self.table.ordinal(key)
-            if o >= 0:
+            elif o >= 0:
                 located.append((BlobRef.from_key(key), self.places.location(o)))
             else:
                 elsewhere.append(BlobRef.from_key(key))  # written after the gc began
@@ -482,7 +519,7 @@ class _Run:
             wave, start = todo.pop()
             if start + MARK_BATCH < len(wave):
                 todo.append((wave, start + MARK_BATCH))
-            schema = []
+            schema, schema_ordinals = [], []
             for key in wave[start:start + MARK_BATCH]:
                 o = table.ordinal(key)
                 if o < 0:
@@ -498,8 +535,9 @@ class _Run:
                     self.tick()
                 if table.kinds[o] != KIND_DATA:
                     schema.append(key)
+                    schema_ordinals.append(o)
             if schema:
-                todo.append((self.refs_of(schema), 0))
+                todo.append((self.refs_of(schema, schema_ordinals), 0))
         self.progress.advance(newly % 1000)
         return newly
 

@@ -251,15 +251,6 @@ class Index:
             if value[32:33] == kind_byte and not (hidden and key[1:] in hidden):
                 yield BlobRef.from_key(key[1:]), value[:32].hex()
 
-    def keys_of_kind(self, kind: int) -> Iterator[bytes]:
-        """Ref key of every indexed blob (primary copy) of one kind, hidden or
-        not, in key order; no row is decoded."""
-        self._flush_rows()
-        kind_byte = bytes([kind])
-        for key, value in self._scan(_BLOB):
-            if value[32:33] == kind_byte:
-                yield key[1:]
-
     def all_blobs(self) -> Iterator[tuple[bytes, Location]]:
         """(ref key, primary location) of every indexed blob, hidden or not, in key order."""
         self._flush_rows()

@@ -107,6 +107,20 @@ REFS_TABLE = "refs"  # schema-blob ref key -> the ref keys it holds (`record_ref
 REFS_TABLE_NAME = REFS_TABLE.encode()
 
 
+def split_refs(row: bytes) -> list[bytes]:
+    """The ref keys of a refs-cache row (each: one length byte, then the key)."""
+    if row and len(row) % (row[0] + 1) == 0:  # all of one width (the usual): sliced in C
+        step = row[0] + 1
+        if row[::step] == row[:1] * (len(row) // step):
+            return [row[i + 1:i + step] for i in range(0, len(row), step)]
+    found, at = [], 0
+    while at < len(row):
+        end = at + 1 + row[at]
+        found.append(row[at + 1:end])
+        at = end
+    return found
+
+
 def sniff_kind(data) -> int:
     """Schema blobs are JSON objects with camliVersion; signed ones carry camliSig."""
     head = bytes(data[:128])
@@ -539,12 +553,6 @@ class Repository:
         self.flush()
         return self.index.blobs()
 
-    def signed_keys(self) -> Iterator[bytes]:
-        """The ref key of every blob whose primary copy is signed, in key order
-        (hidden ones too, like `all_locations`)."""
-        self.flush()
-        return self.index.keys_of_kind(KIND_SIGNED)
-
     def all_locations(self, copies: bool = True) -> Iterator[tuple[bytes, Location, bool]]:
         """(ref key, location, is primary) of every blob's primary copy in key
         order, then (with `copies`) of every other copy. No BlobRef is made:
@@ -662,18 +670,14 @@ class Repository:
     def known_refs(self, keys: list[bytes]) -> list[list[bytes] | None]:
         """For each blob, the ref keys `record_refs` kept; None if it has no row.
         (Many at once: gc asks for thousands, and one multi-get is cheaper.)"""
-        out: list[list[bytes] | None] = []
-        for row in self.index.table_get_many(REFS_TABLE_NAME, keys):
-            if row is None:
-                out.append(None)
-                continue
-            found, at = [], 0
-            while at < len(row):
-                end = at + 1 + row[at]
-                found.append(row[at + 1:end])
-                at = end
-            out.append(found)
-        return out
+        return [None if row is None else split_refs(row)
+                for row in self.index.table_get_many(REFS_TABLE_NAME, keys)]
+
+    def all_known_refs(self) -> Iterator[tuple[bytes, bytes]]:
+        """(blob ref key, row) of every row `record_refs` kept, in key order;
+        `split_refs` reads a row. One scan costs ~0.7 µs a row, a multi-get
+        ~5 µs a key: gc, which wants nearly all of them, reads them so."""
+        return self.index.table_scan(REFS_TABLE_NAME)
 
     def _open_index(self) -> Index:
         try:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import secrets
 import time
 from array import array
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import chain
@@ -44,7 +45,7 @@ from pkvc.errors import BackendError, BlobNotFoundError, IntegrityError, SchemaE
 from pkvc.identity import list_identities
 from pkvc.pack import KIND_DATA, KIND_SIGNED
 from pkvc.progress import NO_PROGRESS, Progress
-from pkvc.repo import Location, Repository, split_refs
+from pkvc.repo import Location, LocationColumns, Repository, split_refs
 from pkvc.schema.anyblob import parse_blob, walk_refs
 from pkvc.schema.claims import DeleteClaim, ShareClaim
 from pkvc.sessions import KIND_GC, Lease, LeaseExpiredError, Plan, RefSet, SortedKeys
@@ -128,19 +129,26 @@ class BlobTable:
     @classmethod
     def build(cls, primaries: Iterable[tuple[bytes, int]]) -> "BlobTable":
         """From (key, kind) in ascending key order, as the index lists them."""
-        keys: dict[int, bytearray] = {}
-        kinds: dict[int, bytearray] = {}
+        keys, kinds = [], bytearray()
         for key, kind in primaries:
-            w = len(key)
-            if w not in keys:
-                keys[w], kinds[w] = bytearray(), bytearray()
-            keys[w] += key
-            kinds[w].append(kind)
-        groups, all_kinds = [], bytearray()
-        for w in sorted(keys):
-            groups.append((len(all_kinds), SortedKeys(w, keys.pop(w))))
-            all_kinds += kinds.pop(w)
-        return cls(groups, bytes(all_kinds))
+            keys.append(key)
+            kinds.append(kind)
+        return cls.from_sorted(keys, bytes(kinds))[0]
+
+    @classmethod
+    def from_sorted(cls, keys: list[bytes], kinds: bytes) -> tuple["BlobTable", list[int] | None]:
+        """From keys in ascending order and their kinds; also the order of the
+        ordinals (positions in `keys`), None if it is theirs (keys of one width)."""
+        widths = Counter(map(len, keys))
+        order = None
+        if len(widths) > 1:
+            order = sorted(range(len(keys)), key=lambda i: len(keys[i]))  # (stable: key order kept)
+            keys, kinds = [keys[i] for i in order], bytes([kinds[i] for i in order])
+        groups, base = [], 0
+        for w in sorted(widths):
+            groups.append((base, SortedKeys(w, b"".join(keys[base:base + widths[w]]))))
+            base += widths[w]
+        return cls(groups, bytes(kinds)), order
 
     def ordinal(self, key: bytes) -> int:
         found = self._groups.get(len(key))
@@ -187,48 +195,16 @@ class BlobTable:
 
 class Places:
     """Where each blob of a BlobTable was when the gc began (its primary copy),
-    by ordinal, as arrays (about 21 bytes a blob): marking reads schema blobs
+    by ordinal, as columns (about 21 bytes a blob): marking reads schema blobs
     without an index lookup each."""
 
-    def __init__(self):
-        self.pack_ids: list[str] = []
-        self._number: dict[str, int] = {}
-        self._by_width: dict[int, tuple] = {}
-
-    def add(self, width: int, loc: Location) -> int:
-        """Record a blob as BlobTable.build meets it (key order); returns its kind."""
-        cols = self._by_width.get(width)
-        if cols is None:
-            cols = self._by_width[width] = (array("I"), array("Q"), array("I"), array("I"),
-                                            bytearray())
-        p = self._number.get(loc.pack_id)
-        if p is None:
-            p = self._number[loc.pack_id] = len(self.pack_ids)
-            self.pack_ids.append(loc.pack_id)
-        cols[0].append(p)
-        cols[1].append(loc.offset)
-        cols[2].append(loc.length)
-        cols[3].append(loc.raw_length)
-        cols[4].append(loc.compression)
-        return loc.kind
-
-    def seal(self, kinds: bytes) -> None:
-        """Join the widths in BlobTable's ordinal order (ascending width)."""
-        self.packs, self.offsets, self.lengths = array("I"), array("Q"), array("I")
-        self.raws, self.compressions = array("I"), bytearray()
-        for w in sorted(self._by_width):
-            packs, offsets, lengths, raws, compressions = self._by_width.pop(w)
-            self.packs += packs
-            self.offsets += offsets
-            self.lengths += lengths
-            self.raws += raws
-            self.compressions += compressions
-        self.kinds = kinds
-        self._number = {}
+    def __init__(self, columns: LocationColumns):
+        self.pack_ids = columns.pack_ids
+        self.packs, self.lengths = columns.packs, columns.lengths
+        self.columns = columns
 
     def location(self, o: int) -> Location:
-        return Location(self.pack_ids[self.packs[o]], self.kinds[o], self.compressions[o],
-                        self.offsets[o], self.lengths[o], self.raws[o])
+        return self.columns.location(o)
 
 
 class Rows:
@@ -456,10 +432,10 @@ class _Run:
         self.p0 = {p: size for p, size in present.items() if p in indexed}
         self.summary.packs_before = len(present)
         self.summary.bytes_before = sum(present.values())
-        self.places = Places()
-        self.table = BlobTable.build((k, self.places.add(len(k), loc)) for k, loc, _ in
-                                     self.repo.all_locations(copies=False))
-        self.places.seal(self.table.kinds)
+        keys, columns = self.repo.primary_columns()
+        self.table, order = BlobTable.from_sorted(keys, columns.kinds)
+        del keys
+        self.places = Places(columns if order is None else columns.take(order))
         self.known = KnownRefs(self.repo, self.table)
         self.primaries_read = True  # the index's primary rows are still those of `places`
         self.live = Bits(self.table.n)

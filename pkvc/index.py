@@ -29,7 +29,9 @@ import os
 import secrets
 import shutil
 import struct
+import sys
 import time
+from array import array
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple
@@ -65,6 +67,56 @@ class Location(NamedTuple):
 
     def entry(self, ref: BlobRef) -> PackEntry:
         return PackEntry(ref, self.kind, self.compression, self.offset, self.length, self.raw_length)
+
+
+class LocationColumns(NamedTuple):
+    """Many locations as columns (about 21 bytes a blob, no object per blob):
+    blob i is in pack `pack_ids[packs[i]]`, of kind `kinds[i]`, and so on."""
+
+    pack_ids: list[str]
+    packs: array  # of "I": a number in pack_ids
+    kinds: bytes
+    compressions: bytes
+    offsets: array  # of "Q"
+    lengths: array  # of "I"
+    raw_lengths: array  # of "I"
+
+    @classmethod
+    def decode(cls, values: list[bytes]) -> "LocationColumns":
+        """From encoded locations: each column is cut from them all at once
+        (strided slices), not one row at a time."""
+        size, n = _LOCATION.size, len(values)
+        packed = b"".join(values)
+        if len(packed) != size * n:
+            for value in values:
+                _decode_location(value)  # raises on the bad one
+        numbers: dict[bytes, int] = {}
+        packs = array("I", [numbers.setdefault(v[:32], len(numbers)) for v in values])
+
+        def column(at: int, width: int, code: str) -> array:
+            buf = bytearray(width * n)
+            for b in range(width):
+                buf[b::width] = packed[at + b::size]
+            out = array(code)
+            assert out.itemsize == width
+            out.frombytes(buf)
+            if sys.byteorder == "big":
+                out.byteswap()
+            return out
+        return cls([raw.hex() for raw in numbers], packs, packed[32::size], packed[33::size],
+                   column(34, 8, "Q"), column(42, 4, "I"), column(46, 4, "I"))
+
+    def take(self, order: list[int]) -> "LocationColumns":
+        """The rows in `order` (positions)."""
+        return LocationColumns(
+            self.pack_ids, array("I", [self.packs[i] for i in order]),
+            bytes([self.kinds[i] for i in order]), bytes([self.compressions[i] for i in order]),
+            array("Q", [self.offsets[i] for i in order]), array("I", [self.lengths[i] for i in order]),
+            array("I", [self.raw_lengths[i] for i in order]))
+
+    def location(self, i: int) -> Location:
+        return Location(self.pack_ids[self.packs[i]], self.kinds[i], self.compressions[i],
+                        self.offsets[i], self.lengths[i], self.raw_lengths[i])
 
 
 def _encode_location(pack_id: str, e: PackEntry) -> bytes:
@@ -256,6 +308,14 @@ class Index:
         self._flush_rows()
         for key, value in self._scan(_BLOB):
             yield key[1:], _decode_location(value)
+
+    def primary_columns(self) -> tuple[list[bytes], LocationColumns]:
+        """The ref keys of every indexed blob, hidden or not, in key order, and
+        their primary locations as columns: one scan, no row decoded alone
+        (gc reads all of them)."""
+        self._flush_rows()
+        rows = list(self._scan(_BLOB))
+        return [k[1:] for k, _ in rows], LocationColumns.decode([v for _, v in rows])
 
     def all_blob_places(self) -> Iterator[tuple[bytes, bytes, int, bytes]]:
         """(ref key, pack id as 32 raw bytes, kind, offset and length packed as

@@ -38,7 +38,7 @@ from pkvc.blobref import BlobRef
 from pkvc.chunker import ChunkerParams
 from pkvc.errors import (BackendError, BlobNotFoundError, IntegrityError, NoRepositoryError,
                          PkvcError, RepositoryExistsError, UsageError)
-from pkvc.index import Index, Location
+from pkvc.index import Index, Location, LocationColumns
 from pkvc.pack import (KIND_DATA, KIND_SCHEMA, KIND_SIGNED, TARGET_PACK_SIZE, FinishedPack,
                        PackEntry, PackWriter, open_blob, open_blob_view, pack_data_size,
                        pack_id_from_name, pack_name, read_header)
@@ -552,6 +552,12 @@ class Repository:
         except those a pending gc plan condemns."""
         self.flush()
         return self.index.blobs()
+
+    def primary_columns(self) -> tuple[list[bytes], LocationColumns]:
+        """Every blob's ref key in key order, hidden or not, and its primary
+        location, as columns (`Index.primary_columns`): gc reads all of them."""
+        self.flush()
+        return self.index.primary_columns()
 
     def all_locations(self, copies: bool = True) -> Iterator[tuple[bytes, Location, bool]]:
         """(ref key, location, is primary) of every blob's primary copy in key

@@ -135,3 +135,21 @@ def test_table_rows_stay_buffered_and_scans_read_through_them(tmp_path):
     assert list(b.table_scan(b"u")) == [(b"k2", b"other table")]
     a.close()
     b.close()
+
+
+def test_primary_columns_agree_with_the_rows_in_any_key_width(tmp_path):
+    index = Index(tmp_path)
+    refs = [BlobRef.of(os.urandom(8)) for _ in range(300)] + [BlobRef("sha1", "ab" * 20)]
+    packs = ["aa" * 32, "bb" * 32, "cc" * 32]
+    for n, pack in enumerate(packs):
+        index.add_pack(pack, 10**6, [PackEntry(r, KIND_SCHEMA if i % 2 else KIND_SIGNED, i % 3,
+                                               2**33 + i, 100 + i, 300 + i)
+                                     for i, r in enumerate(refs) if i % 3 == n])
+    index.flush()
+    keys, columns = index.primary_columns()
+    assert keys == [key for key, _ in index.all_blobs()]
+    assert [columns.location(i) for i in range(len(keys))] == [loc for _, loc in index.all_blobs()]
+    order = sorted(range(len(keys)), key=lambda i: len(keys[i]))
+    taken = columns.take(order)
+    assert [taken.location(i) for i in range(len(keys))] == [columns.location(i) for i in order]
+    index.close()

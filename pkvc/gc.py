@@ -95,22 +95,31 @@ class GcSummary:
 
 # -- compact tables --------------------------------------------------------------------
 
-class Bits:
-    """One bit per blob ordinal."""
-
-    __slots__ = ("data",)
-
-    def __init__(self, n: int):
-        self.data = bytearray((n + 7) // 8)
-
-    def __getitem__(self, i: int) -> int:
-        return self.data[i >> 3] >> (i & 7) & 1
+class Bits(bytearray):
+    """A flag (0 or 1) per blob ordinal, one byte each (`Bits(n)`: all 0): one
+    is read or set by a C operation, not a Python call, and whole tables
+    combine at once (`union`, `minus`); a bitmap would be 8x smaller."""
 
     def set(self, i: int) -> None:
-        self.data[i >> 3] |= 1 << (i & 7)
+        self[i] = 1
 
-    def count(self) -> int:
-        return int.from_bytes(self.data, "little").bit_count()
+    def count(self) -> int:  # (of the ones: every byte is 0 or 1)
+        return bytearray.count(self, 1)
+
+    def union(self, other: "Bits") -> "Bits":
+        return Bits((int.from_bytes(self, "little") | int.from_bytes(other, "little"))
+                    .to_bytes(len(self), "little"))
+
+    def minus(self, other: "Bits") -> "Bits":
+        return Bits((int.from_bytes(self, "little") & ~int.from_bytes(other, "little"))
+                    .to_bytes(len(self), "little"))
+
+    def ones(self) -> Iterator[int]:
+        """The ordinals set, ascending."""
+        i = self.find(1)
+        while i >= 0:
+            yield i
+            i = self.find(1, i + 1)
 
 
 class BlobTable:
@@ -183,12 +192,6 @@ class BlobTable:
                 return g[o - base]
         raise IndexError(o)
 
-    def keys(self) -> Iterator[tuple[int, bytes]]:
-        """(ordinal, key) of every blob, in key order within each key length."""
-        for base, g in self._order:
-            for i in range(len(g)):
-                yield base + i, g[i]
-
     def nbytes(self) -> int:
         return len(self.kinds) + sum(g.nbytes() for _, g in self._order)
 
@@ -254,12 +257,12 @@ class Rows:
         present, outside = Bits(self.n), Bits(self.n)
         gone = self._numbers(leaving)
         for o, p in zip(self.ords, self.packs):
-            present.set(o)
+            present[o] = 1
             if p not in gone:
-                outside.set(o)
+                outside[o] = 1
         return present, outside
 
-    def usage(self, packs, keep: Callable[[int], bool]) -> dict[str, list[int]]:
+    def usage(self, packs, keep: Bits) -> dict[str, list[int]]:
         """pack -> [bytes, bytes kept] for `packs`; only a primary copy counts as kept."""
         numbers = self._numbers(packs)
         totals = {p: [0, 0] for p in numbers}
@@ -267,16 +270,16 @@ class Rows:
             u = totals.get(p)
             if u is not None:
                 u[0] += length
-                if primary and keep(o):
+                if primary and keep[o]:
                     u[1] += length
         return {self.pack_ids[p]: u for p, u in totals.items()}
 
-    def freeing(self, packs, keep: Callable[[int], bool]) -> set[str]:
+    def freeing(self, packs, keep: Bits) -> set[str]:
         """Those of `packs` whose deletion frees something (a blob or a second copy)."""
         numbers = self._numbers(packs)
         frees = set()
         for o, p, primary in zip(self.ords, self.packs, self.primary):
-            if p in numbers and (not primary or not keep(o)):
+            if p in numbers and (not primary or not keep[o]):
                 frees.add(self.pack_ids[p])
         return frees
 
@@ -504,7 +507,7 @@ class _Run:
                     continue
                 if bits[o] or (stop is not None and stop[o]):
                     continue
-                bits.set(o)
+                bits[o] = 1
                 newly += 1
                 if newly % 1000 == 0:
                     self.progress.advance(1000)
@@ -554,7 +557,7 @@ class _Run:
         """Which packs to delete, which blobs that condemns (see the module docstring)."""
         live, table = self.live, self.table
         rows = self.rows()
-        usage = rows.usage(self.p0, lambda o: live[o])
+        usage = rows.usage(self.p0, live)
         self.summary.live_bytes = sum(u[1] for u in usage.values())
         doomed = {p for p, (total, kept) in usage.items()
                   if total and (kept == 0 or (total - kept) * 100 > self.max_unused * total)}
@@ -562,19 +565,18 @@ class _Run:
             present, outside = rows.copies(doomed)
             protected = self._protect(outside)
             self._outlive_targets(self._delete_claims(present), protected, outside)
-            keep = lambda o: live[o] or protected[o]  # noqa: E731
+            keep = live.union(protected)
             idle = doomed - rows.freeing(doomed, keep)
             if not idle:
                 break
             doomed -= idle  # rewriting it would free nothing: leave it, and think again
-        condemned = RefSet.from_sorted(key for o, key in table.keys()
-                                       if present[o] and not outside[o] and not keep(o))
+        condemned = RefSet.from_sorted(map(table.key, present.minus(outside).minus(keep).ones()))
         usage = rows.usage(self.p0, keep)
         planned = _Planned(doomed, condemned)
         planned.empty = {p for p in doomed if usage[p][1] == 0}
         planned.removable = sum(usage[p][0] - usage[p][1] for p in doomed)
         left_garbage = sum(t - k for p, (t, k) in usage.items() if p not in doomed)
-        kept_garbage = rows.usage(doomed, lambda o: protected[o] and not live[o])
+        kept_garbage = rows.usage(doomed, protected.minus(live))
         planned.unreachable_after = left_garbage + sum(k for _, k in kept_garbage.values())
         return planned
 

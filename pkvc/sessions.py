@@ -99,6 +99,14 @@ class SortedKeys:
         if self.starts is not None and key[:1] == self.data[:1]:
             b = key[1] << 8 | key[2]
             lo, hi = self.starts[b], self.starts[b + 1]
+            if hi - lo <= 16:  # a few keys: one C search, not a bisection of Python calls
+                w = self.width
+                at, end = lo * w, hi * w
+                while True:
+                    at = self.data.find(key, at, end)
+                    if at < 0 or at % w == 0:
+                        return at // w if at >= 0 else -1
+                    at += 1  # (found across two keys: not one of them)
         else:
             lo, hi = 0, len(self)
         i = bisect_left(self, key, lo, hi)

@@ -13,7 +13,7 @@ from pkvc.errors import UsageError
 from pkvc.index import Index
 from pkvc.pack import KIND_SCHEMA, KIND_SIGNED, PackEntry
 from pkvc.repo import Repository
-from pkvc.sessions import Plan, PlanView, RefSet
+from pkvc.sessions import Plan, PlanView, RefSet, SortedKeys
 
 
 def entry(ref: BlobRef, kind: int = KIND_SCHEMA) -> PackEntry:
@@ -153,3 +153,17 @@ def test_primary_columns_agree_with_the_rows_in_any_key_width(tmp_path):
     taken = columns.take(order)
     assert [taken.location(i) for i in range(len(keys))] == [columns.location(i) for i in order]
     index.close()
+
+
+def test_sorted_keys_never_match_across_two_keys():
+    """A key found straddling two neighbours in the buffer is not one of them."""
+    first = bytes.fromhex("0110200000011020")
+    second = bytes.fromhex("0110200707000000")
+    straddling = bytes.fromhex("0110200110200707")  # first[5:] + second[:5]; sorts between them
+    fillers = {b"\x01" + os.urandom(7) for _ in range(5000)}
+    keys = sorted({k for k in fillers if k[1:3] != b"\x10\x20"} | {first, second})
+    table = SortedKeys(8, b"".join(keys))
+    assert table.starts is not None
+    assert table.index(straddling) == -1
+    assert table.index(first) == keys.index(first) and table.index(second) == keys.index(second)
+    assert all(table.index(k) == i for i, k in enumerate(keys))

@@ -166,6 +166,14 @@ class BlobTable:
         i = found[1].index(key)
         return found[0] + i if i >= 0 else -1
 
+    def ordinals(self, keys: list[bytes]) -> list[int]:
+        """`ordinal` of each key; one call for a wave of them."""
+        if len(self._order) != 1:
+            return list(map(self.ordinal, keys))
+        base, g = self._order[0]  # one key width (the usual): no dispatch per key
+        index, w = g.index, g.width
+        return [(base + i if (i := index(k)) >= 0 else -1) if len(k) == w else -1 for k in keys]
+
     def ordinal_finder(self) -> Callable[[bytes], int]:
         """`ordinal`, faster for keys given in ascending order (as the index
         lists them): each is first tried just after the last one found of its
@@ -304,10 +312,18 @@ class KnownRefs:
                 self.ends[o] = len(data)
         self.data = bytes(data)  # (a bytearray's slices would not hash)
 
-    def get(self, o: int) -> list[bytes] | None:
-        """The ref keys blob `o` holds; None if the cache had no row for it."""
-        start = self.starts[o]
-        return None if start == self._NONE else split_refs(self.data[start:self.ends[o]])
+    def get(self, ordinals: list[int]) -> tuple[list[bytes], list[int]]:
+        """The ref keys the blobs `ordinals` hold, together, and the positions
+        in `ordinals` of those the cache had no row for (or not in the table: -1)."""
+        starts, ends, data, none = self.starts, self.ends, self.data, self._NONE
+        rows, unknown = [], []
+        for at, o in enumerate(ordinals):
+            start = starts[o] if o >= 0 else none
+            if start == none:
+                unknown.append(at)
+            else:
+                rows.append(data[start:ends[o]])
+        return split_refs(b"".join(rows)), unknown
 
 
 # -- roots --------------------------------------------------------------------------------
@@ -450,17 +466,11 @@ class _Run:
         order, batched, and then cached. A blob that is not valid schema holds
         none; nor does one removed meanwhile (by a plan this gc finished): what
         held it is garbage."""
-        found: list[bytes] = []
         keys = list(keys)
         if ordinals is None:
-            ordinals = [self.table.ordinal(key) for key in keys]
-        unknown: list[tuple[bytes, int]] = []
-        for key, o in zip(keys, ordinals):
-            held = self.known.get(o) if o >= 0 else None
-            if held is None:
-                unknown.append((key, o))
-            else:
-                found += held
+            ordinals = self.table.ordinals(keys)
+        found, unknown_at = self.known.get(ordinals)
+        unknown = [(keys[at], ordinals[at]) for at in unknown_at]
         if not unknown:
             return found
         located, elsewhere = [], []
@@ -499,8 +509,8 @@ class _Run:
             if start + MARK_BATCH < len(wave):
                 todo.append((wave, start + MARK_BATCH))
             schema, schema_ordinals = [], []
-            for key in wave[start:start + MARK_BATCH]:
-                o = table.ordinal(key)
+            chunk = wave[start:start + MARK_BATCH]
+            for key, o in zip(chunk, table.ordinals(chunk)):
                 if o < 0:
                     if self.count_missing and not self.repo.contains(BlobRef.from_key(key)):
                         self.summary.missing_refs += 1

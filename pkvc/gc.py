@@ -300,17 +300,18 @@ class KnownRefs:
     _NONE = 0xFFFFFFFF
 
     def __init__(self, repo: Repository, table: BlobTable):
-        data = bytearray()
+        keys, rows = [], []
+        for key, row in repo.all_known_refs():
+            keys.append(key)
+            rows.append(row)
+        self.data = b"".join(rows)
         self.starts = array("I", [self._NONE]) * table.n
         self.ends = array("I", [0]) * table.n
-        ordinal = table.ordinal_finder()
-        for key, row in repo.all_known_refs():
-            o = ordinal(key)
-            if o >= 0 and len(data) + len(row) < self._NONE:  # (else looked up when wanted)
-                self.starts[o] = len(data)
-                data += row
-                self.ends[o] = len(data)
-        self.data = bytes(data)  # (a bytearray's slices would not hash)
+        end = 0
+        for o, row in zip(table.ordinals(keys), rows):
+            start, end = end, end + len(row)
+            if o >= 0 and end < self._NONE:  # (else looked up when wanted)
+                self.starts[o], self.ends[o] = start, end
 
     def get(self, ordinals: list[int]) -> tuple[list[bytes], list[int]]:
         """The ref keys the blobs `ordinals` hold, together, and the positions

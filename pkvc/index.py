@@ -380,8 +380,10 @@ class Index:
         head = _TABLE + table + b"\0"
         start = head + prefix
         pending = sorted((k, v) for k, v in self._pending.items() if k.startswith(start))
-        for key, value in _overlay(self._scan(start), pending):
-            yield key[len(head):], value
+        n = len(head)
+        rows = _overlay(self._scan(start), pending) if pending else self._scan(start)
+        for key, value in rows:
+            yield key[n:], value
 
     # -- writing -------------------------------------------------------
 

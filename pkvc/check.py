@@ -197,11 +197,11 @@ def _count_index(repo: Repository, present: dict[str, int], report: CheckReport,
     index lookup), and per pack a digest of its indexed entries in key order
     (a header that gives the same needs no lookup per entry): into `index`;
     returns the stored keys."""
-    per_pack = index.per_pack
-    agree: dict = {}
     hidden = repo.index.hidden
     by_raw = {bytes.fromhex(pack_id): pack_id for pack_id in present}
     width = [bytes((n,)) for n in range(256)]
+    records: dict[str, list[bytes]] = {}  # pack -> entries as `_entry_bytes` not hashed yet
+    hashes: dict = {}
 
     def keys() -> Iterator[bytes]:
         for key, raw_pack, kind, place in repo.index.all_blob_places():
@@ -212,19 +212,26 @@ def _count_index(repo: Repository, present: dict[str, int], report: CheckReport,
             if kind != KIND_DATA:
                 report.schema_blobs += 1
             pack_id = by_raw.get(raw_pack)
-            if pack_id is not None:
-                per_pack[pack_id] += 1
-                h = agree.get(pack_id)
-                if h is None:
-                    h = agree[pack_id] = hashlib.sha256()
-                h.update(width[len(key)] + key + place)  # (`_entry_bytes`)
-            else:
+            if pack_id is None:
                 report.problems.append(f"blob {BlobRef.from_key(key)}: indexed in pack "
                                        f"{raw_pack.hex()}, which is missing")
                 index.missing += 1
+                continue
+            group = records.get(pack_id)
+            if group is None:
+                group = records[pack_id] = []
+                hashes[pack_id] = hashlib.sha256()
+            group.append(width[len(key)] + key + place)  # (`_entry_bytes`, in key order)
+            if len(group) == 4096:  # (hashed a few thousand at a time: memory stays small)
+                index.per_pack[pack_id] += len(group)
+                hashes[pack_id].update(b"".join(group))
+                group.clear()
 
     stored = RefSet.from_sorted(keys())
-    index.digests.update((pack_id, h.digest()) for pack_id, h in agree.items())
+    for pack_id, group in records.items():
+        index.per_pack[pack_id] += len(group)
+        hashes[pack_id].update(b"".join(group))
+        index.digests[pack_id] = hashes[pack_id].digest()
     return stored
 
 

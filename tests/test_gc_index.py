@@ -167,3 +167,17 @@ def test_sorted_keys_never_match_across_two_keys():
     assert table.index(straddling) == -1
     assert table.index(first) == keys.index(first) and table.index(second) == keys.index(second)
     assert all(table.index(k) == i for i, k in enumerate(keys))
+
+
+def test_ref_set_from_sorted_keys_in_chunks_of_any_width():
+    short = sorted({b"\x02" + os.urandom(20) for _ in range(5000)})
+    long = sorted({b"\x01" + os.urandom(28) for _ in range(9000)})
+    keys = sorted(short + long)
+    with_duplicates = keys[:4096] + keys[4095:]  # one repeated across two chunks
+    for given in (keys, with_duplicates, iter(keys)):
+        s = RefSet.from_sorted(given)
+        assert len(s) == len(keys) and list(s.keys()) == short + long  # (by width)
+    with pytest.raises(ValueError):
+        RefSet.from_sorted(long[:5000] + long[4000:4001])
+    with pytest.raises(ValueError):
+        RefSet.from_sorted(list(reversed(long)))

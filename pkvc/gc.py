@@ -25,8 +25,9 @@ Terms (docs/gc.md explains the design, its guarantees and their tests):
   writers it waited for have ended.
 
 Memory: a `BlobTable` holds every blob key in sorted buffers with a kind
-byte and a few bit flags, about 31 bytes per sha224 blob; no Python object
-per blob lives for the whole run.
+byte (about 30 bytes per sha224 blob), a few flag arrays a byte per blob,
+the primary locations as columns and the refs cache's rows in one buffer;
+no Python object per blob lives for the whole run.
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ from pkvc.schema.anyblob import walk_refs
 
 REFERENCE_BATCH = 4096  # schema blobs read together when following references
 HEADERS_AHEAD = 8  # pack headers read ahead of the thread that checks them
+HASH_BATCH = 32768  # index entries held before the pass over the index hashes them
 
 
 @dataclass
@@ -203,8 +204,16 @@ def _count_index(repo: Repository, present: dict[str, int], report: CheckReport,
     records: dict[str, list[bytes]] = {}  # pack -> entries as `_entry_bytes` not hashed yet
     hashes: dict = {}
 
+    def hash_records() -> None:
+        for pack_id, group in records.items():
+            index.per_pack[pack_id] += len(group)
+            hashes[pack_id].update(b"".join(group))
+            group.clear()
+
     def keys() -> Iterator[bytes]:
-        for key, raw_pack, kind, place in repo.index.all_blob_places():
+        for n, (key, raw_pack, kind, place) in enumerate(repo.index.all_blob_places(), 1):
+            if n % HASH_BATCH == 0:  # (hashed a batch at a time: memory stays small)
+                hash_records()
             yield key
             if hidden and key in hidden:
                 continue  # condemned by a pending gc plan: garbage in transit
@@ -222,16 +231,10 @@ def _count_index(repo: Repository, present: dict[str, int], report: CheckReport,
                 group = records[pack_id] = []
                 hashes[pack_id] = hashlib.sha256()
             group.append(width[len(key)] + key + place)  # (`_entry_bytes`, in key order)
-            if len(group) == 4096:  # (hashed a few thousand at a time: memory stays small)
-                index.per_pack[pack_id] += len(group)
-                hashes[pack_id].update(b"".join(group))
-                group.clear()
 
     stored = RefSet.from_sorted(keys())
-    for pack_id, group in records.items():
-        index.per_pack[pack_id] += len(group)
-        hashes[pack_id].update(b"".join(group))
-        index.digests[pack_id] = hashes[pack_id].digest()
+    hash_records()
+    index.digests.update((pack_id, h.digest()) for pack_id, h in hashes.items())
     return stored
 
 

@@ -108,11 +108,11 @@ class LocationColumns(NamedTuple):
 
     def take(self, order: list[int]) -> "LocationColumns":
         """The rows in `order` (positions)."""
-        return LocationColumns(
-            self.pack_ids, array("I", [self.packs[i] for i in order]),
-            bytes([self.kinds[i] for i in order]), bytes([self.compressions[i] for i in order]),
-            array("Q", [self.offsets[i] for i in order]), array("I", [self.lengths[i] for i in order]),
-            array("I", [self.raw_lengths[i] for i in order]))
+        def pick(column):
+            return [column[i] for i in order]
+        return LocationColumns(self.pack_ids, array("I", pick(self.packs)), bytes(pick(self.kinds)),
+                               bytes(pick(self.compressions)), array("Q", pick(self.offsets)),
+                               array("I", pick(self.lengths)), array("I", pick(self.raw_lengths)))
 
     def location(self, i: int) -> Location:
         return Location(self.pack_ids[self.packs[i]], self.kinds[i], self.compressions[i],

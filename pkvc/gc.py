@@ -35,10 +35,9 @@ from __future__ import annotations
 import secrets
 import time
 from array import array
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from itertools import chain
+from itertools import chain, islice
 
 from pkvc.blobref import BlobRef
 from pkvc.claims import ClaimsIndex
@@ -55,6 +54,7 @@ DEFAULT_MAX_UNUSED = 5.0
 DEFAULT_WAIT = 300.0  # seconds to wait for writers before leaving the plan for next time
 MARK_BATCH = 4096  # blobs marked per wave; the schema blobs among them are read together
 FORGET_BATCH = 20_000  # keys of deleted packs dropped from the index in one write
+KNOWN_REFS_CHUNK = 16_384  # refs-cache rows read at once (objects live one chunk only)
 #: Step names passed to the `fault` hook, in the order a full run reaches them.
 STEPS = ("locked", "marked", "resume-waited", "planned", "waiting", "waited", "remarked",
          "copied-pack", "copied", "tombstone", "deleted-pack", "deleted",
@@ -139,26 +139,26 @@ class BlobTable:
     @classmethod
     def build(cls, primaries: Iterable[tuple[bytes, int]]) -> "BlobTable":
         """From (key, kind) in ascending key order, as the index lists them."""
-        keys, kinds = [], bytearray()
+        keys: dict[int, bytearray] = {}
+        kinds: dict[int, bytearray] = {}
         for key, kind in primaries:
-            keys.append(key)
-            kinds.append(kind)
-        return cls.from_sorted(keys, bytes(kinds))[0]
+            w = len(key)
+            if w not in keys:
+                keys[w], kinds[w] = bytearray(), bytearray()
+            keys[w] += key
+            kinds[w].append(kind)
+        return cls.from_groups({w: bytes(keys[w]) for w in sorted(keys)},
+                               b"".join(kinds[w] for w in sorted(kinds)))
 
     @classmethod
-    def from_sorted(cls, keys: list[bytes], kinds: bytes) -> tuple["BlobTable", list[int] | None]:
-        """From keys in ascending order and their kinds; also the order of the
-        ordinals (positions in `keys`), None if it is theirs (keys of one width)."""
-        widths = Counter(map(len, keys))
-        order = None
-        if len(widths) > 1:
-            order = sorted(range(len(keys)), key=lambda i: len(keys[i]))  # (stable: key order kept)
-            keys, kinds = [keys[i] for i in order], bytes([kinds[i] for i in order])
+    def from_groups(cls, keys: dict[int, bytes], kinds: bytes) -> "BlobTable":
+        """From the keys of each width (ascending), joined in key order, and
+        their kinds in the same order (`Repository.primary_columns`)."""
         groups, base = [], 0
-        for w in sorted(widths):
-            groups.append((base, SortedKeys(w, b"".join(keys[base:base + widths[w]]))))
-            base += widths[w]
-        return cls(groups, bytes(kinds)), order
+        for w, joined in keys.items():
+            groups.append((base, SortedKeys(w, joined)))
+            base += len(joined) // w
+        return cls(groups, bytes(kinds))
 
     def ordinal(self, key: bytes) -> int:
         found = self._groups.get(len(key))
@@ -301,18 +301,16 @@ class KnownRefs:
     _NONE = 0xFFFFFFFF
 
     def __init__(self, repo: Repository, table: BlobTable):
-        keys, rows = [], []
-        for key, row in repo.all_known_refs():
-            keys.append(key)
-            rows.append(row)
-        self.data = b"".join(rows)
+        self.data = bytearray()  # (joined slices of it are bytes)
         self.starts = array("I", [self._NONE]) * table.n
         self.ends = array("I", [0]) * table.n
-        end = 0
-        for o, row in zip(table.ordinals(keys), rows):
-            start, end = end, end + len(row)
-            if o >= 0 and end < self._NONE:  # (else looked up when wanted)
-                self.starts[o], self.ends[o] = start, end
+        rows = repo.all_known_refs()
+        while chunk := list(islice(rows, KNOWN_REFS_CHUNK)):
+            for o, (_, row) in zip(table.ordinals([key for key, _ in chunk]), chunk):
+                start = len(self.data)
+                if o >= 0 and start + len(row) < self._NONE:  # (else looked up when wanted)
+                    self.data += row
+                    self.starts[o], self.ends[o] = start, len(self.data)
 
     def get(self, ordinals: list[int]) -> tuple[list[bytes], list[int]]:
         """The ref keys the blobs `ordinals` hold, together, and the positions
@@ -454,9 +452,9 @@ class _Run:
         self.summary.packs_before = len(present)
         self.summary.bytes_before = sum(present.values())
         keys, columns = self.repo.primary_columns()
-        self.table, order = BlobTable.from_sorted(keys, columns.kinds)
+        self.table = BlobTable.from_groups(keys, columns.kinds)
         del keys
-        self.places = Places(columns if order is None else columns.take(order))
+        self.places = Places(columns)
         self.known = KnownRefs(self.repo, self.table)
         self.primaries_read = True  # the index's primary rows are still those of `places`
         self.live = Bits(self.table.n)

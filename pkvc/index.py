@@ -33,6 +33,7 @@ import sys
 import time
 from array import array
 from contextlib import contextmanager
+from itertools import islice
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple
 
@@ -43,6 +44,7 @@ from pkvc.pack import PackEntry
 
 FORMAT_VERSION = b"2"  # 2: copy rows and the write sequence (gc)
 FLUSH_EVERY = 20_000
+PRIMARY_CHUNK = 16_384  # rows `primary_columns` decodes at once
 
 _BLOB = b"b"  # b + ref key -> location
 _PACK = b"p"  # p + pack id (32 bytes) -> size, blob count
@@ -82,15 +84,15 @@ class LocationColumns(NamedTuple):
     raw_lengths: array  # of "I"
 
     @classmethod
-    def decode(cls, values: list[bytes]) -> "LocationColumns":
+    def decode(cls, values: list[bytes], numbers: dict[bytes, int]) -> "LocationColumns":
         """From encoded locations: each column is cut from them all at once
-        (strided slices), not one row at a time."""
+        (strided slices), not one row at a time. `numbers` (raw pack id ->
+        number) is shared by the parts that `join` makes one."""
         size, n = _LOCATION.size, len(values)
         packed = b"".join(values)
         if len(packed) != size * n:
             for value in values:
                 _decode_location(value)  # raises on the bad one
-        numbers: dict[bytes, int] = {}
         packs = array("I", [numbers.setdefault(v[:32], len(numbers)) for v in values])
 
         def column(at: int, width: int, code: str) -> array:
@@ -103,16 +105,20 @@ class LocationColumns(NamedTuple):
             if sys.byteorder == "big":
                 out.byteswap()
             return out
-        return cls([raw.hex() for raw in numbers], packs, packed[32::size], packed[33::size],
+        return cls([], packs, packed[32::size], packed[33::size],
                    column(34, 8, "Q"), column(42, 4, "I"), column(46, 4, "I"))
 
-    def take(self, order: list[int]) -> "LocationColumns":
-        """The rows in `order` (positions)."""
-        def pick(column):
-            return [column[i] for i in order]
-        return LocationColumns(self.pack_ids, array("I", pick(self.packs)), bytes(pick(self.kinds)),
-                               bytes(pick(self.compressions)), array("Q", pick(self.offsets)),
-                               array("I", pick(self.lengths)), array("I", pick(self.raw_lengths)))
+    @classmethod
+    def join(cls, parts: list["LocationColumns"], numbers: dict[bytes, int]) -> "LocationColumns":
+        """The parts end to end (decoded with this `numbers`)."""
+        out = cls([raw.hex() for raw in numbers], array("I"), b"".join(p.kinds for p in parts),
+                  b"".join(p.compressions for p in parts), array("Q"), array("I"), array("I"))
+        for p in parts:
+            out.packs.extend(p.packs)
+            out.offsets.extend(p.offsets)
+            out.lengths.extend(p.lengths)
+            out.raw_lengths.extend(p.raw_lengths)
+        return out
 
     def location(self, i: int) -> Location:
         return Location(self.pack_ids[self.packs[i]], self.kinds[i], self.compressions[i],
@@ -309,13 +315,27 @@ class Index:
         for key, value in self._scan(_BLOB):
             yield key[1:], _decode_location(value)
 
-    def primary_columns(self) -> tuple[list[bytes], LocationColumns]:
-        """The ref keys of every indexed blob, hidden or not, in key order, and
-        their primary locations as columns: one scan, no row decoded alone
-        (gc reads all of them)."""
+    def primary_columns(self) -> tuple[dict[int, bytes], LocationColumns]:
+        """Every indexed blob (hidden or not) by key width, ascending, then in
+        key order: the ref keys of each width end to end, and the primary
+        locations as columns in that order. Read PRIMARY_CHUNK rows at a time
+        and each column cut from them at once: no object per blob outlives
+        its chunk (gc reads them all)."""
         self._flush_rows()
-        rows = list(self._scan(_BLOB))
-        return [k[1:] for k, _ in rows], LocationColumns.decode([v for _, v in rows])
+        keys: dict[int, bytearray] = {}
+        parts: dict[int, list[LocationColumns]] = {}
+        numbers: dict[bytes, int] = {}
+        rows = self._scan(_BLOB)
+        while chunk := list(islice(rows, PRIMARY_CHUNK)):
+            widths = set(map(len, (k for k, _ in chunk)))
+            for w in widths:
+                mine = chunk if len(widths) == 1 else [r for r in chunk if len(r[0]) == w]
+                keys.setdefault(w - 1, bytearray()).extend(b"".join([k[1:] for k, _ in mine]))
+                parts.setdefault(w - 1, []).append(
+                    LocationColumns.decode([v for _, v in mine], numbers))
+        order = sorted(keys)
+        return ({w: bytes(keys.pop(w)) for w in order},
+                LocationColumns.join([p for w in order for p in parts.pop(w)], numbers))
 
     def all_blob_places(self) -> Iterator[tuple[bytes, bytes, int, bytes]]:
         """(ref key, pack id as 32 raw bytes, kind, offset and length packed as

@@ -553,9 +553,9 @@ class Repository:
         self.flush()
         return self.index.blobs()
 
-    def primary_columns(self) -> tuple[list[bytes], LocationColumns]:
-        """Every blob's ref key in key order, hidden or not, and its primary
-        location, as columns (`Index.primary_columns`): gc reads all of them."""
+    def primary_columns(self) -> tuple[dict[int, bytes], LocationColumns]:
+        """Every blob's ref key, hidden or not, and its primary location, as
+        buffers and columns (`Index.primary_columns`): gc reads all of them."""
         self.flush()
         return self.index.primary_columns()
 

@@ -10,6 +10,7 @@ from gc_support import PASSWORD
 from pkvc.backends.local import LocalBackend
 from pkvc.blobref import BlobRef
 from pkvc.errors import UsageError
+from pkvc import index as index_mod
 from pkvc.index import Index
 from pkvc.pack import KIND_SCHEMA, KIND_SIGNED, PackEntry
 from pkvc.repo import Repository
@@ -137,7 +138,9 @@ def test_table_rows_stay_buffered_and_scans_read_through_them(tmp_path):
     b.close()
 
 
-def test_primary_columns_agree_with_the_rows_in_any_key_width(tmp_path):
+@pytest.mark.parametrize("chunk", [65_536, 7])
+def test_primary_columns_agree_with_the_rows_in_any_key_width(tmp_path, monkeypatch, chunk):
+    monkeypatch.setattr(index_mod, "PRIMARY_CHUNK", chunk)  # (read a few rows at a time)
     index = Index(tmp_path)
     refs = [BlobRef.of(os.urandom(8)) for _ in range(300)] + [BlobRef("sha1", "ab" * 20)]
     packs = ["aa" * 32, "bb" * 32, "cc" * 32]
@@ -146,12 +149,11 @@ def test_primary_columns_agree_with_the_rows_in_any_key_width(tmp_path):
                                                2**33 + i, 100 + i, 300 + i)
                                      for i, r in enumerate(refs) if i % 3 == n])
     index.flush()
+    rows = sorted(index.all_blobs(), key=lambda row: (len(row[0]), row[0]))  # by width, then key
     keys, columns = index.primary_columns()
-    assert keys == [key for key, _ in index.all_blobs()]
-    assert [columns.location(i) for i in range(len(keys))] == [loc for _, loc in index.all_blobs()]
-    order = sorted(range(len(keys)), key=lambda i: len(keys[i]))
-    taken = columns.take(order)
-    assert [taken.location(i) for i in range(len(keys))] == [columns.location(i) for i in order]
+    assert list(keys) == [21, 29]
+    assert b"".join(keys.values()) == b"".join(key for key, _ in rows)
+    assert [columns.location(i) for i in range(len(rows))] == [loc for _, loc in rows]
     index.close()
 
 

@@ -275,7 +275,7 @@ def _follow(read: Callable[[int], bytes], params, previous: list[tuple[int, Blob
         length = None
         if 0 <= last < len(previous) - 2:  # the chunk after it is not the last one
             size, ref = previous[last + 1]
-            if at + size <= len(buf):
+            if 0 < size and at + size <= len(buf):  # (a chunk is never empty)
                 data = buf[at:at + size]
                 if BlobRef.of(data) == ref:
                     length, last = size, last + 1

@@ -221,3 +221,14 @@ def test_following_previous_chunks_skips_fastcdc_where_they_repeat(tmp_path, mon
     followed = _pieces(tmp_path, new, "new", previous=previous)
     assert b"".join(p[2] for p in followed) == new
     assert len(followed) > 20 and len(calls) <= 4  # the changed chunk, its neighbour, the last
+
+
+def test_an_empty_previous_chunk_is_never_followed(tmp_path):
+    data = _data(100 * KiB)
+    plain = _pieces(tmp_path, data, "plain")
+    # a damaged or crafted file blob: an empty part after every chunk
+    previous = []
+    for _, size, chunk, _ in plain:
+        previous += [(size, BlobRef.of(chunk)), (0, BlobRef.of(b""))]
+    followed = _pieces(tmp_path, data, "new", previous=previous)
+    assert [p[:3] for p in followed] == [p[:3] for p in plain]

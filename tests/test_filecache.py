@@ -4,7 +4,6 @@ import os
 import random
 import shutil
 
-from conftest import PASSWORD
 from gc_support import remove_blobs
 from memstore import MemStore
 from pkvc import tree
@@ -107,7 +106,7 @@ def test_a_changed_big_file_follows_its_previous_chunks_to_the_same_refs(
         repo_path, tmp_path, monkeypatch):
     small = ChunkerParams(min_size=1024, avg_size=4096, max_size=16384)
     monkeypatch.setattr(tree, "FOLLOW_MIN_SIZE", 64 * 1024)
-    r = Repository.create(LocalBackend(repo_path), PASSWORD, tmp_path / "cache", chunker=small)
+    r = Repository.create(LocalBackend(repo_path), b"a password", tmp_path / "cache", chunker=small)
     try:
         root = tmp_path / "src"
         root.mkdir()

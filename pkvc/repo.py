@@ -316,8 +316,9 @@ class Repository:
     # -- the blob API --------------------------------------------------
 
     def put(self, data, ref: BlobRef | None = None, kind: int | None = None,
-            refs: list[BlobRef] | None = None) -> BlobRef:
-        """Store `data` unless present; returns its ref. A given `ref` must match.
+            refs: list[BlobRef] | None = None, *, hashed: bool = False) -> BlobRef:
+        """Store `data` unless present; returns its ref. A given `ref` must match
+        (`hashed`: the caller has just computed it from these very bytes).
 
         `refs`: for a schema blob whose writer knows them, exactly the refs it
         holds (as `walk_refs` gives them), kept in the refs cache for gc."""
@@ -328,7 +329,7 @@ class Repository:
             raise UsageError(f"blob of {len(data)} bytes exceeds the {MAX_BLOB_SIZE}-byte limit")
         if ref is None:
             ref = BlobRef.of(data)
-        elif not ref.matches(data):
+        elif not hashed and not ref.matches(data):
             raise IntegrityError(f"data does not match {ref}; not stored")
         if self.has(ref):
             return ref
@@ -339,9 +340,11 @@ class Repository:
         self.stats.raw_bytes += len(data)
         return ref
 
-    def put_data(self, data) -> BlobRef:
-        """Store file content as data even if it looks like a schema blob."""
-        return self.put(data, kind=KIND_DATA)
+    def put_data(self, data, ref: BlobRef | None = None) -> BlobRef:
+        """Store file content as data even if it looks like a schema blob.
+        `ref`: `BlobRef.of(data)`, when the caller has just computed it from
+        these very bytes (the chunker does): not computed again."""
+        return self.put(data, ref, KIND_DATA, hashed=ref is not None)
 
     def has(self, ref: BlobRef) -> bool:
         """Whether the blob is stored; for a writer, whether it may rely on it."""

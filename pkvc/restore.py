@@ -53,7 +53,7 @@ from typing import Protocol
 
 from pkvc.blobref import BlobRef
 from pkvc.errors import BlobNotFoundError, IntegrityError, PkvcError, SchemaError
-from pkvc.schema.anyblob import parse_blob
+from pkvc.schema.anyblob import SchemaBlob, parse_blob
 from pkvc.schema.fsnodes import DirectoryBlob, FileBlob, SpecialBlob, SymlinkBlob
 from pkvc.schema.names import name_problem
 from pkvc.schema.parts import BytesBlob
@@ -314,7 +314,8 @@ class _Restorer:
         self.open_fds: set[int] = set()  # files and directories opened here, not yet closed
         self.content = _Content(self)
         self._ids: dict[tuple, int] = {}  # (kind, name, number) -> local id
-        self.ahead: dict[BlobRef, bytes] = {}  # subdirectories' listing blobs, read ahead
+        self.ahead: dict[BlobRef, bytes] = {}  # subdirectories' entry blobs, read ahead
+        self.ahead_sets: dict[BlobRef, SchemaBlob] = {}  # and their static-sets, parsed
 
     def run(self, ref: BlobRef, dest: bytes, name: bytes | None) -> RestoreResult:
         blob = self._node(ref, dest)
@@ -409,13 +410,13 @@ class _Restorer:
         small ones per subdirectory. Nothing is checked here; what is read
         is checked when it is used, and a failed read is simply tried again then."""
         sets = [child.entries for _, _, child in entries if isinstance(child, DirectoryBlob)]
-        if len(sets) < 2 or len(self.ahead) >= AHEAD_LIMIT:
+        if len(sets) < 2 or len(self.ahead) + len(self.ahead_sets) >= AHEAD_LIMIT:
             return
         members: dict[BlobRef, None] = {}
         try:
             for ref, data in _get_many(self.source, sets):
-                self.ahead[ref] = data
                 blob = parse_blob(data)
+                self.ahead_sets[ref] = blob  # (parsed once: a third of a small listing's cost)
                 if isinstance(blob, StaticSetBlob) and not blob.merge_sets:
                     members.update(dict.fromkeys(blob.members))
             wanted = [ref for ref in members if ref not in self.ahead][:LISTING_BATCH]
@@ -451,8 +452,9 @@ class _Restorer:
         if depth > MAX_SET_DEPTH or set_ref in seen:
             raise SchemaError(f"static-set {set_ref} nests too deep or repeats")
         seen.add(set_ref)
-        data = self.ahead.pop(set_ref, None)
-        blob = parse_blob(data if data is not None else self.source.get(set_ref))
+        blob = self.ahead_sets.pop(set_ref, None)
+        if blob is None:
+            blob = parse_blob(self.source.get(set_ref))
         if not isinstance(blob, StaticSetBlob):
             raise SchemaError(f"directory entries {set_ref} is a {blob.camli_type}, not a static-set")
         if not blob.merge_sets:

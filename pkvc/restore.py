@@ -14,7 +14,9 @@ repository reads them by pack): a directory's entries together, and file
 contents in batches of pieces written at their offsets as blobs arrive.
 The walk (reading and checking directories, making them, planning each
 file's pieces) runs on the caller's thread; a writer thread creates the
-files and writes, sizes and closes them, so the two overlap.
+files and writes, sizes and closes them, so the two overlap, and a batch's
+reads start as soon as it is planned (`eager`), while the writer is still
+on the batches before.
 
 Order: contents first, then mode and mtime of each file; a directory's
 owner, mode and mtime when all of it is done (deepest first), so writing

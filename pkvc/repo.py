@@ -404,8 +404,8 @@ class Repository:
             loc, data = self._load_elsewhere(ref, loc, first)
         return _verified(ref, loc, data)
 
-    def get_many(self, refs: Iterable[BlobRef], *,
-                 skip_missing: bool = False) -> Iterator[tuple[BlobRef, bytes]]:
+    def get_many(self, refs: Iterable[BlobRef], *, skip_missing: bool = False,
+                 eager: bool = False) -> Iterator[tuple[BlobRef, bytes]]:
         """(ref, bytes) of each blob once, verified like `get`, in pack order
         (not the order given): neighbouring blobs come from one read, and reads
         are decoded in a few threads, a bounded number ahead of the consumer.
@@ -415,18 +415,39 @@ class Repository:
         A blob that is not stored raises BlobNotFoundError before anything is
         read (with `skip_missing` it is left out); a damaged one raises
         IntegrityError naming it when its turn comes.
+
+        With `eager` the first reads start now, not at the first `next`: for
+        a caller that queues the iterator behind other work (restore hands
+        batches to its writer thread), so that reading overlaps that work.
+        Its `close` cancels the reads not yet begun.
         """
         wanted = dict.fromkeys(refs)
         if any(ref in self._unflushed for ref in wanted):
             self.flush()
-        return self.read_located(self._locate_all(wanted, skip_missing), skip_missing=skip_missing)
+        return self.read_located(self._locate_all(wanted, skip_missing), skip_missing=skip_missing,
+                                 eager=eager)
 
-    def read_located(self, located: list[tuple[BlobRef, Location]], *,
-                     skip_missing: bool = False) -> Iterator[tuple[BlobRef, bytes]]:
+    def read_located(self, located: list[tuple[BlobRef, Location]], *, skip_missing: bool = False,
+                     eager: bool = False) -> Iterator[tuple[BlobRef, bytes]]:
         """`get_many` for blobs whose locations the caller already has (from
         `all_locations`): no index lookup. A location whose pack is gone since
         falls back to the index, as `get` does."""
-        return self._read_spans(_spans(located), skip_missing)
+        spans = _spans(located)
+        if not eager:
+            return self._read_spans(spans, skip_missing)
+        pending: deque = deque()
+        queued = iter(spans)
+        self._read_ahead(queued, pending)
+        return _Reads(self._read_spans(spans, skip_missing, queued, pending), pending)
+
+    def _read_ahead(self, queued: Iterator["_Span"], pending: deque) -> None:
+        """Start reads until READ_AHEAD are under way."""
+        pool = _reader_pool()
+        while len(pending) < READ_AHEAD:
+            span = next(queued, None)
+            if span is None:
+                return
+            pending.append((span, pool.submit(self._read_span, span)))
 
     def _locate_all(self, refs: Iterable[BlobRef],
                     skip_missing: bool) -> list[tuple[BlobRef, Location]]:
@@ -452,9 +473,12 @@ class Repository:
                     raise BlobNotFoundError(f"blob {ref} is not in the repository")
         return found
 
-    def _read_spans(self, spans: list["_Span"],
-                    skip_missing: bool) -> Iterator[tuple[BlobRef, bytes]]:
-        if len(spans) <= 1:  # one read: threads would only add their overhead
+    def _read_spans(self, spans: list["_Span"], skip_missing: bool,
+                    queued: Iterator["_Span"] | None = None,
+                    pending: deque | None = None) -> Iterator[tuple[BlobRef, bytes]]:
+        """The blobs of `spans`, READ_AHEAD reads decoded ahead in the reader
+        threads; `queued` and `pending`: reads not started and started (eager)."""
+        if pending is None and len(spans) <= 1:  # one read: threads would only add their overhead
             for span in spans:
                 try:
                     found = self._read_span(span)
@@ -462,14 +486,13 @@ class Repository:
                     found = self._read_elsewhere(span, skip_missing)
                 yield from found
             return
-        pool, pending, queued = _reader_pool(), deque(), iter(spans)
+        queued = iter(spans) if queued is None else queued
+        pending = deque() if pending is None else pending
         try:
-            for span in queued:
-                pending.append((span, pool.submit(self._read_span, span)))
-                if len(pending) < READ_AHEAD:
-                    continue
-                yield from self._span_result(*pending.popleft(), skip_missing)
-            while pending:
+            while True:
+                self._read_ahead(queued, pending)
+                if not pending:
+                    return
                 yield from self._span_result(*pending.popleft(), skip_missing)
         finally:
             for _, future in pending:
@@ -840,6 +863,25 @@ def _spans(located: list[tuple[BlobRef, Location]]) -> list[_Span]:
         raw = loc.raw_length
         spans.append(span)
     return spans
+
+
+class _Reads:
+    """An eager `get_many`: its reads began before the first `next`, so
+    `close` cancels them even if it never started."""
+
+    def __init__(self, blobs: Iterator[tuple[BlobRef, bytes]], pending: deque):
+        self._blobs, self._pending = blobs, pending
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> tuple[BlobRef, bytes]:
+        return next(self._blobs)
+
+    def close(self) -> None:
+        self._blobs.close()
+        for _, future in self._pending:
+            future.cancel()
 
 
 _pool: ThreadPoolExecutor | None = None

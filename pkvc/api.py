@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pkvc import identity, keyslots, series as series_mod, snapshot as snapshot_mod, tree
+from pkvc import identity, keyslots, series as series_mod
 from pkvc.backends import open_backend
 from pkvc.blobref import BlobRef
 from pkvc.errors import BlobNotFoundError, SchemaError, UsageError
@@ -24,7 +24,7 @@ from pkvc.schema.canonical import looks_like_schema, parse_schema
 # command pays for what is imported here (docs/performance.md).
 if TYPE_CHECKING:
     from pkvc import (bundle as bundle_mod, gc as gc_mod, pull as pull_mod, restore, retention,
-                      share as share_mod)
+                      share as share_mod, snapshot as snapshot_mod)
     from pkvc.check import CheckReport
 
 
@@ -111,6 +111,7 @@ class PutSummary:
 def put_paths(repo: Repository, paths: list[Path], progress: Progress = NO_PROGRESS,
               ) -> list[PutSummary]:
     """Store each path (file or tree) and return its top ref; unreadable entries are listed."""
+    from pkvc import tree
     summaries = []
     progress.start("put", None, "B")
     for path in paths:
@@ -181,6 +182,7 @@ def reindex(repo: Repository, progress: Progress = NO_PROGRESS) -> SyncReport:
 
 def snapshot(repo: Repository, path: Path, series: str | None = None, tags=(), excludes=(),
              progress: Progress = NO_PROGRESS) -> snapshot_mod.SnapshotSummary:
+    from pkvc import snapshot as snapshot_mod
     with identity.open_identity(repo) as signer:
         return snapshot_mod.take_snapshot(repo, signer, path, series, tags, excludes, progress)
 
@@ -227,6 +229,7 @@ def log(repo: Repository, series: str | None = None,
 
 
 def _log_entry(repo: Repository, name: str, snap, previous_root, measure: bool) -> LogEntry:
+    from pkvc import snapshot as snapshot_mod
     added = snapshot_mod.added_size(repo, previous_root, snap.root) if measure else None
     return LogEntry(name, str(snap.claim), str(snap.date), str(snap.root),
                     str(snap.signer) if snap.signer else None, snap.key_id, snap.verified,

@@ -29,6 +29,7 @@ from pkvc.schema.anyblob import walk_refs
 
 REFERENCE_BATCH = 4096  # schema blobs read together when following references
 HEADERS_AHEAD = 8  # pack headers read ahead of the thread that checks them
+HASH_BATCH = 32768  # index entries held before the pass over the index hashes them
 
 
 @dataclass
@@ -197,14 +198,22 @@ def _count_index(repo: Repository, present: dict[str, int], report: CheckReport,
     index lookup), and per pack a digest of its indexed entries in key order
     (a header that gives the same needs no lookup per entry): into `index`;
     returns the stored keys."""
-    per_pack = index.per_pack
-    agree: dict = {}
     hidden = repo.index.hidden
     by_raw = {bytes.fromhex(pack_id): pack_id for pack_id in present}
     width = [bytes((n,)) for n in range(256)]
+    records: dict[str, list[bytes]] = {}  # pack -> entries as `_entry_bytes` not hashed yet
+    hashes: dict = {}
+
+    def hash_records() -> None:
+        for pack_id, group in records.items():
+            index.per_pack[pack_id] += len(group)
+            hashes[pack_id].update(b"".join(group))
+            group.clear()
 
     def keys() -> Iterator[bytes]:
-        for key, raw_pack, kind, place in repo.index.all_blob_places():
+        for n, (key, raw_pack, kind, place) in enumerate(repo.index.all_blob_places(), 1):
+            if n % HASH_BATCH == 0:  # (hashed a batch at a time: memory stays small)
+                hash_records()
             yield key
             if hidden and key in hidden:
                 continue  # condemned by a pending gc plan: garbage in transit
@@ -212,19 +221,20 @@ def _count_index(repo: Repository, present: dict[str, int], report: CheckReport,
             if kind != KIND_DATA:
                 report.schema_blobs += 1
             pack_id = by_raw.get(raw_pack)
-            if pack_id is not None:
-                per_pack[pack_id] += 1
-                h = agree.get(pack_id)
-                if h is None:
-                    h = agree[pack_id] = hashlib.sha256()
-                h.update(width[len(key)] + key + place)  # (`_entry_bytes`)
-            else:
+            if pack_id is None:
                 report.problems.append(f"blob {BlobRef.from_key(key)}: indexed in pack "
                                        f"{raw_pack.hex()}, which is missing")
                 index.missing += 1
+                continue
+            group = records.get(pack_id)
+            if group is None:
+                group = records[pack_id] = []
+                hashes[pack_id] = hashlib.sha256()
+            group.append(width[len(key)] + key + place)  # (`_entry_bytes`, in key order)
 
     stored = RefSet.from_sorted(keys())
-    index.digests.update((pack_id, h.digest()) for pack_id, h in agree.items())
+    hash_records()
+    index.digests.update((pack_id, h.digest()) for pack_id, h in hashes.items())
     return stored
 
 

@@ -16,6 +16,14 @@ would kill the process with SIGBUS.
 Sparse files: `SEEK_DATA`/`SEEK_HOLE` find the data extents; gaps of at
 least `hole_min` (64 KiB) become hole pieces (no data), smaller gaps are
 read as zeros. Each data extent is chunked on its own.
+
+Following a file's previous chunks: a FastCDC cut depends only on the bytes
+from the chunk's start to the cut, unless the data ends first. So where a
+chunk equals one of the previous version's (same hash), the next chunk is
+the previous version's next one whenever its bytes follow it again (same
+hash) and that one did not end the file: it is taken without running
+FastCDC (a 4 KiB insertion into a 600 MB file: FastCDC for a few chunks,
+SHA-224 for the rest). The pieces are exactly those of plain chunking.
 """
 
 from __future__ import annotations
@@ -26,6 +34,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from fastcdc import fastcdc
+
+from pkvc.blobref import BlobRef
 
 KiB, MiB = 1024, 1024 * 1024
 _GROWTH_READ = 64 * KiB  # what to ask for past the size a file had when opened
@@ -50,11 +60,13 @@ DEFAULT_PARAMS = ChunkerParams()
 
 @dataclass(frozen=True)
 class Piece:
-    """`size` bytes at `offset`: a chunk (`data`) or a hole (`data` None)."""
+    """`size` bytes at `offset`: a chunk (`data`) or a hole (`data` None);
+    `ref` is the chunk's `BlobRef.of(data)` when the chunker computed it."""
 
     offset: int
     size: int
     data: bytes | None
+    ref: BlobRef | None = None
 
     @property
     def is_hole(self) -> bool:
@@ -75,11 +87,15 @@ def chunk_stream(read: Callable[[int], bytes], params=DEFAULT_PARAMS) -> Iterato
     yield from _chunk_reads(read, 0, params)
 
 
-def chunk_fd(fd: int, params=DEFAULT_PARAMS, sparse: bool = True) -> Iterator[Piece]:
+def chunk_fd(fd: int, params=DEFAULT_PARAMS, sparse: bool = True,
+             previous: list[tuple[int, BlobRef]] | None = None) -> Iterator[Piece]:
     """Chunks and holes of an open regular file, in order, covering it.
 
     Reads until end of file; if the file shrinks while being read, the
-    pieces stop where its data stopped.
+    pieces stop where its data stopped. `previous`: (size, ref) of the
+    chunks of an earlier version of the file, in order, chunked with the
+    same `params`, with no hole: the pieces are the same, found faster
+    where they repeat those (see the module's docstring), and carry refs.
     """
     st = os.fstat(fd)
     size = st.st_size
@@ -90,6 +106,9 @@ def chunk_fd(fd: int, params=DEFAULT_PARAMS, sparse: bool = True) -> Iterator[Pi
         return
     extents = data_extents(fd, size, getattr(params, "hole_min", DEFAULT_PARAMS.hole_min)) \
         if sparse else [(0, size)]
+    if previous and extents == [(0, size)]:
+        yield from _follow(_RangeReader(fd, 0, None, size).read, params, previous)
+        return
     pos = 0
     for i, (start, end) in enumerate(extents):
         if start > pos:
@@ -229,3 +248,44 @@ def _cut_points(buf: bytes, params, final: bool) -> list[tuple[int, int]]:
                 break
             cuts.append((c.offset, c.length))
     return cuts
+
+
+def _follow(read: Callable[[int], bytes], params, previous: list[tuple[int, BlobRef]]
+            ) -> Iterator[Piece]:
+    """`_chunk_reads(read, 0, params)`'s pieces, with refs, taking the
+    previous version's chunk that follows a repeated one without FastCDC
+    when its bytes come next again and it was not the last one."""
+    where = {ref: i for i, (_, ref) in enumerate(previous)}
+    window = 4 * params.max_size
+    buf, at, base, done = b"", 0, 0, False  # the data from `base` on is buf[at:]
+    last = -1  # index in `previous` of the chunk just taken, if it repeated one
+    while True:
+        if not done and len(buf) - at < params.max_size:  # what FastCDC needs to cut
+            reads, have = [buf[at:]], len(buf) - at
+            while not done and have < window:
+                data = read(window - have)
+                if data:
+                    reads.append(data)
+                    have += len(data)
+                else:
+                    done = True
+            buf, at = b"".join(reads), 0
+        if at == len(buf):
+            return
+        length = None
+        if 0 <= last < len(previous) - 2:  # the chunk after it is not the last one
+            size, ref = previous[last + 1]
+            if 0 < size and at + size <= len(buf):  # (a chunk is never empty)
+                data = buf[at:at + size]
+                if BlobRef.of(data) == ref:
+                    length, last = size, last + 1
+        if length is None:
+            with memoryview(buf) as view, view[at:] as rest:
+                length = next(iter(fastcdc(rest, params.min_size, params.avg_size,
+                                           params.max_size))).length
+            data = buf if length == len(buf) else buf[at:at + length]
+            ref = BlobRef.of(data)
+            last = where.get(ref, -1)
+        yield Piece(base, length, data, ref)
+        at += length
+        base += length

@@ -450,6 +450,11 @@ class ClaimsIndex:
         date = SchemaTime(r["date"]) if r.get("date") is not None else None
         return PermanodeInfo(ref, BlobRef.parse(r["signer"]), r["key"], date)
 
+    def permanodes(self) -> list[BlobRef]:
+        """Every verified permanode the table knows (deleted or not): one scan of
+        its `n` rows, not of every blob row of the index."""
+        return [_ref_from_rk(key[1:]) for key, _ in self.table.scan(_NODE)]
+
     def invalid_record(self, ref: BlobRef) -> InvalidBlob | None:
         value = self.table.get(_INVALID + _rk(ref))
         return _invalid_from(ref, value) if value is not None else None

@@ -23,7 +23,10 @@ import os
 import struct
 
 from pkvc.blobref import BlobRef
+from pkvc.errors import PkvcError
 from pkvc.repo import Repository
+from pkvc.schema.fsnodes import FileBlob
+from pkvc.schema.parts import BytesBlob, Part
 from pkvc.tree import stat_cache_key
 
 _KEY = struct.Struct("<9q")
@@ -52,6 +55,32 @@ class FileCache:
             return None
         self.matched += 1
         return BlobRef.from_key(row[len(key):])
+
+    def previous_chunks(self, path: bytes) -> list[tuple[int, BlobRef]] | None:
+        """(size, ref) of the chunks of the file blob last recorded for
+        `path`, whatever its stat: None if there is none, it has a hole, or
+        it cannot be read (the walker then chunks without them)."""
+        row = self._table.get(path)
+        if row is None or len(row) <= _KEY.size:
+            return None
+        try:
+            blob = FileBlob.from_json(self._repo.get(BlobRef.from_key(row[_KEY.size:])))
+            chunks: list[tuple[int, BlobRef]] = []
+            return chunks if self._flatten(blob.parts, chunks) and chunks else None
+        except (PkvcError, ValueError):
+            return None
+
+    def _flatten(self, parts: tuple[Part, ...], into: list) -> bool:
+        """Append the chunks of `parts`, reading their `bytes` blobs; False at a hole."""
+        for part in parts:
+            if part.offset:
+                return False
+            if part.blob_ref is not None:
+                into.append((part.size, part.blob_ref))
+            elif part.bytes_ref is None or not self._flatten(
+                    BytesBlob.from_json(self._repo.get(part.bytes_ref)).parts, into):
+                return False
+        return True
 
     def record(self, path: bytes, st: os.stat_result, ref: BlobRef) -> None:
         self._table.put(path, _KEY.pack(*stat_cache_key(st)) + ref.to_key())

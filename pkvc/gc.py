@@ -25,8 +25,9 @@ Terms (docs/gc.md explains the design, its guarantees and their tests):
   writers it waited for have ended.
 
 Memory: a `BlobTable` holds every blob key in sorted buffers with a kind
-byte and a few bit flags, about 31 bytes per sha224 blob; no Python object
-per blob lives for the whole run.
+byte (about 30 bytes per sha224 blob), a few flag arrays a byte per blob,
+the primary locations as columns and the refs cache's rows in one buffer;
+no Python object per blob lives for the whole run.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import time
 from array import array
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from itertools import chain
+from itertools import chain, islice
 
 from pkvc.blobref import BlobRef
 from pkvc.claims import ClaimsIndex
@@ -44,7 +45,7 @@ from pkvc.errors import BackendError, BlobNotFoundError, IntegrityError, SchemaE
 from pkvc.identity import list_identities
 from pkvc.pack import KIND_DATA, KIND_SIGNED
 from pkvc.progress import NO_PROGRESS, Progress
-from pkvc.repo import Location, Repository
+from pkvc.repo import Location, LocationColumns, Repository, split_refs
 from pkvc.schema.anyblob import parse_blob, walk_refs
 from pkvc.schema.claims import DeleteClaim, ShareClaim
 from pkvc.sessions import KIND_GC, Lease, LeaseExpiredError, Plan, RefSet, SortedKeys
@@ -53,6 +54,7 @@ DEFAULT_MAX_UNUSED = 5.0
 DEFAULT_WAIT = 300.0  # seconds to wait for writers before leaving the plan for next time
 MARK_BATCH = 4096  # blobs marked per wave; the schema blobs among them are read together
 FORGET_BATCH = 20_000  # keys of deleted packs dropped from the index in one write
+KNOWN_REFS_CHUNK = 16_384  # refs-cache rows read at once (objects live one chunk only)
 #: Step names passed to the `fault` hook, in the order a full run reaches them.
 STEPS = ("locked", "marked", "resume-waited", "planned", "waiting", "waited", "remarked",
          "copied-pack", "copied", "tombstone", "deleted-pack", "deleted",
@@ -94,22 +96,31 @@ class GcSummary:
 
 # -- compact tables --------------------------------------------------------------------
 
-class Bits:
-    """One bit per blob ordinal."""
-
-    __slots__ = ("data",)
-
-    def __init__(self, n: int):
-        self.data = bytearray((n + 7) // 8)
-
-    def __getitem__(self, i: int) -> int:
-        return self.data[i >> 3] >> (i & 7) & 1
+class Bits(bytearray):
+    """A flag (0 or 1) per blob ordinal, one byte each (`Bits(n)`: all 0): one
+    is read or set by a C operation, not a Python call, and whole tables
+    combine at once (`union`, `minus`); a bitmap would be 8x smaller."""
 
     def set(self, i: int) -> None:
-        self.data[i >> 3] |= 1 << (i & 7)
+        self[i] = 1
 
-    def count(self) -> int:
-        return int.from_bytes(self.data, "little").bit_count()
+    def count(self) -> int:  # (of the ones: every byte is 0 or 1)
+        return bytearray.count(self, 1)
+
+    def union(self, other: "Bits") -> "Bits":
+        return Bits((int.from_bytes(self, "little") | int.from_bytes(other, "little"))
+                    .to_bytes(len(self), "little"))
+
+    def minus(self, other: "Bits") -> "Bits":
+        return Bits((int.from_bytes(self, "little") & ~int.from_bytes(other, "little"))
+                    .to_bytes(len(self), "little"))
+
+    def ones(self) -> Iterator[int]:
+        """The ordinals set, ascending."""
+        i = self.find(1)
+        while i >= 0:
+            yield i
+            i = self.find(1, i + 1)
 
 
 class BlobTable:
@@ -136,11 +147,18 @@ class BlobTable:
                 keys[w], kinds[w] = bytearray(), bytearray()
             keys[w] += key
             kinds[w].append(kind)
-        groups, all_kinds = [], bytearray()
-        for w in sorted(keys):
-            groups.append((len(all_kinds), SortedKeys(w, keys.pop(w))))
-            all_kinds += kinds.pop(w)
-        return cls(groups, bytes(all_kinds))
+        return cls.from_groups({w: bytes(keys[w]) for w in sorted(keys)},
+                               b"".join(kinds[w] for w in sorted(kinds)))
+
+    @classmethod
+    def from_groups(cls, keys: dict[int, bytes], kinds: bytes) -> "BlobTable":
+        """From the keys of each width (ascending), joined in key order, and
+        their kinds in the same order (`Repository.primary_columns`)."""
+        groups, base = [], 0
+        for w, joined in keys.items():
+            groups.append((base, SortedKeys(w, joined)))
+            base += len(joined) // w
+        return cls(groups, bytes(kinds))
 
     def ordinal(self, key: bytes) -> int:
         found = self._groups.get(len(key))
@@ -148,6 +166,14 @@ class BlobTable:
             return -1
         i = found[1].index(key)
         return found[0] + i if i >= 0 else -1
+
+    def ordinals(self, keys: list[bytes]) -> list[int]:
+        """`ordinal` of each key; one call for a wave of them."""
+        if len(self._order) != 1:
+            return list(map(self.ordinal, keys))
+        base, g = self._order[0]  # one key width (the usual): no dispatch per key
+        index, w = g.index, g.width
+        return [(base + i if (i := index(k)) >= 0 else -1) if len(k) == w else -1 for k in keys]
 
     def ordinal_finder(self) -> Callable[[bytes], int]:
         """`ordinal`, faster for keys given in ascending order (as the index
@@ -175,60 +201,22 @@ class BlobTable:
                 return g[o - base]
         raise IndexError(o)
 
-    def keys(self) -> Iterator[tuple[int, bytes]]:
-        """(ordinal, key) of every blob, in key order within each key length."""
-        for base, g in self._order:
-            for i in range(len(g)):
-                yield base + i, g[i]
-
     def nbytes(self) -> int:
         return len(self.kinds) + sum(g.nbytes() for _, g in self._order)
 
 
 class Places:
     """Where each blob of a BlobTable was when the gc began (its primary copy),
-    by ordinal, as arrays (about 21 bytes a blob): marking reads schema blobs
+    by ordinal, as columns (about 21 bytes a blob): marking reads schema blobs
     without an index lookup each."""
 
-    def __init__(self):
-        self.pack_ids: list[str] = []
-        self._number: dict[str, int] = {}
-        self._by_width: dict[int, tuple] = {}
-
-    def add(self, width: int, loc: Location) -> int:
-        """Record a blob as BlobTable.build meets it (key order); returns its kind."""
-        cols = self._by_width.get(width)
-        if cols is None:
-            cols = self._by_width[width] = (array("I"), array("Q"), array("I"), array("I"),
-                                            bytearray())
-        p = self._number.get(loc.pack_id)
-        if p is None:
-            p = self._number[loc.pack_id] = len(self.pack_ids)
-            self.pack_ids.append(loc.pack_id)
-        cols[0].append(p)
-        cols[1].append(loc.offset)
-        cols[2].append(loc.length)
-        cols[3].append(loc.raw_length)
-        cols[4].append(loc.compression)
-        return loc.kind
-
-    def seal(self, kinds: bytes) -> None:
-        """Join the widths in BlobTable's ordinal order (ascending width)."""
-        self.packs, self.offsets, self.lengths = array("I"), array("Q"), array("I")
-        self.raws, self.compressions = array("I"), bytearray()
-        for w in sorted(self._by_width):
-            packs, offsets, lengths, raws, compressions = self._by_width.pop(w)
-            self.packs += packs
-            self.offsets += offsets
-            self.lengths += lengths
-            self.raws += raws
-            self.compressions += compressions
-        self.kinds = kinds
-        self._number = {}
+    def __init__(self, columns: LocationColumns):
+        self.pack_ids = columns.pack_ids
+        self.packs, self.lengths = columns.packs, columns.lengths
+        self.columns = columns
 
     def location(self, o: int) -> Location:
-        return Location(self.pack_ids[self.packs[o]], self.kinds[o], self.compressions[o],
-                        self.offsets[o], self.lengths[o], self.raws[o])
+        return self.columns.location(o)
 
 
 class Rows:
@@ -278,12 +266,12 @@ class Rows:
         present, outside = Bits(self.n), Bits(self.n)
         gone = self._numbers(leaving)
         for o, p in zip(self.ords, self.packs):
-            present.set(o)
+            present[o] = 1
             if p not in gone:
-                outside.set(o)
+                outside[o] = 1
         return present, outside
 
-    def usage(self, packs, keep: Callable[[int], bool]) -> dict[str, list[int]]:
+    def usage(self, packs, keep: Bits) -> dict[str, list[int]]:
         """pack -> [bytes, bytes kept] for `packs`; only a primary copy counts as kept."""
         numbers = self._numbers(packs)
         totals = {p: [0, 0] for p in numbers}
@@ -291,18 +279,51 @@ class Rows:
             u = totals.get(p)
             if u is not None:
                 u[0] += length
-                if primary and keep(o):
+                if primary and keep[o]:
                     u[1] += length
         return {self.pack_ids[p]: u for p, u in totals.items()}
 
-    def freeing(self, packs, keep: Callable[[int], bool]) -> set[str]:
+    def freeing(self, packs, keep: Bits) -> set[str]:
         """Those of `packs` whose deletion frees something (a blob or a second copy)."""
         numbers = self._numbers(packs)
         frees = set()
         for o, p, primary in zip(self.ords, self.packs, self.primary):
-            if p in numbers and (not primary or not keep(o)):
+            if p in numbers and (not primary or not keep[o]):
                 frees.add(self.pack_ids[p])
         return frees
+
+
+class KnownRefs:
+    """The refs cache's rows of a BlobTable's blobs, read in one scan of the
+    cache (in one buffer, about 8 bytes a blob beside the rows): marking
+    finds the refs of a schema blob without a lookup each."""
+
+    _NONE = 0xFFFFFFFF
+
+    def __init__(self, repo: Repository, table: BlobTable):
+        self.data = bytearray()  # (joined slices of it are bytes)
+        self.starts = array("I", [self._NONE]) * table.n
+        self.ends = array("I", [0]) * table.n
+        rows = repo.all_known_refs()
+        while chunk := list(islice(rows, KNOWN_REFS_CHUNK)):
+            for o, (_, row) in zip(table.ordinals([key for key, _ in chunk]), chunk):
+                start = len(self.data)
+                if o >= 0 and start + len(row) < self._NONE:  # (else looked up when wanted)
+                    self.data += row
+                    self.starts[o], self.ends[o] = start, len(self.data)
+
+    def get(self, ordinals: list[int]) -> tuple[list[bytes], list[int]]:
+        """The ref keys the blobs `ordinals` hold, together, and the positions
+        in `ordinals` of those the cache had no row for (or not in the table: -1)."""
+        starts, ends, data, none = self.starts, self.ends, self.data, self._NONE
+        rows, unknown = [], []
+        for at, o in enumerate(ordinals):
+            start = starts[o] if o >= 0 else none
+            if start == none:
+                unknown.append(at)
+            else:
+                rows.append(data[start:ends[o]])
+        return split_refs(b"".join(rows)), unknown
 
 
 # -- roots --------------------------------------------------------------------------------
@@ -325,9 +346,8 @@ def claim_roots(repo: Repository, clock: Callable[[], int] = time.time_ns) -> It
                              "claims; run `pkvc check` before gc")
     for identity in list_identities(repo):
         yield identity.public_key_ref
-    for key in repo.signed_keys():
-        ref = BlobRef.from_key(key)
-        if index.permanode(ref) is not None and not index.is_deleted(ref):
+    for ref in index.permanodes():  # (synced: a permanode no pack holds has no row)
+        if repo.contains(ref) and not index.is_deleted(ref):
             yield ref
             for claim in index.claims_on(ref):
                 yield claim.ref
@@ -431,27 +451,33 @@ class _Run:
         self.p0 = {p: size for p, size in present.items() if p in indexed}
         self.summary.packs_before = len(present)
         self.summary.bytes_before = sum(present.values())
-        self.places = Places()
-        self.table = BlobTable.build((k, self.places.add(len(k), loc)) for k, loc, _ in
-                                     self.repo.all_locations(copies=False))
-        self.places.seal(self.table.kinds)
+        keys, columns = self.repo.primary_columns()
+        self.table = BlobTable.from_groups(keys, columns.kinds)
+        del keys
+        self.places = Places(columns)
+        self.known = KnownRefs(self.repo, self.table)
         self.primaries_read = True  # the index's primary rows are still those of `places`
         self.live = Bits(self.table.n)
 
-    def refs_of(self, keys: Iterable[bytes]) -> list[bytes]:
-        """The refs the given schema blobs hold: from the refs cache
-        (`Repository.known_refs`), else read in pack order, batched, and then
-        cached. A blob that is not valid schema holds none; nor does one removed
-        meanwhile (by a plan this gc finished): what held it is garbage."""
-        found: list[bytes] = []
-        located, elsewhere = [], []
+    def refs_of(self, keys: Iterable[bytes], ordinals: list[int] | None = None) -> list[bytes]:
+        """The refs the given schema blobs hold (`ordinals`: theirs in the
+        table, if the caller has them): from the refs cache (`KnownRefs`, then
+        `Repository.known_refs` for rows written since), else read in pack
+        order, batched, and then cached. A blob that is not valid schema holds
+        none; nor does one removed meanwhile (by a plan this gc finished): what
+        held it is garbage."""
         keys = list(keys)
-        for key, known in zip(keys, self.repo.known_refs(keys)):
+        if ordinals is None:
+            ordinals = self.table.ordinals(keys)
+        found, unknown_at = self.known.get(ordinals)
+        unknown = [(keys[at], ordinals[at]) for at in unknown_at]
+        if not unknown:
+            return found
+        located, elsewhere = [], []
+        for (key, o), known in zip(unknown, self.repo.known_refs([k for k, _ in unknown])):
             if known is not None:
                 found += known
-                continue
-            o = self.table.ordinal(key)
-            if o >= 0:
+            elif o >= 0:
                 located.append((BlobRef.from_key(key), self.places.location(o)))
             else:
                 elsewhere.append(BlobRef.from_key(key))  # written after the gc began
@@ -482,24 +508,25 @@ class _Run:
             wave, start = todo.pop()
             if start + MARK_BATCH < len(wave):
                 todo.append((wave, start + MARK_BATCH))
-            schema = []
-            for key in wave[start:start + MARK_BATCH]:
-                o = table.ordinal(key)
+            schema, schema_ordinals = [], []
+            chunk = wave[start:start + MARK_BATCH]
+            for key, o in zip(chunk, table.ordinals(chunk)):
                 if o < 0:
                     if self.count_missing and not self.repo.contains(BlobRef.from_key(key)):
                         self.summary.missing_refs += 1
                     continue
                 if bits[o] or (stop is not None and stop[o]):
                     continue
-                bits.set(o)
+                bits[o] = 1
                 newly += 1
                 if newly % 1000 == 0:
                     self.progress.advance(1000)
                     self.tick()
                 if table.kinds[o] != KIND_DATA:
                     schema.append(key)
+                    schema_ordinals.append(o)
             if schema:
-                todo.append((self.refs_of(schema), 0))
+                todo.append((self.refs_of(schema, schema_ordinals), 0))
         self.progress.advance(newly % 1000)
         return newly
 
@@ -540,7 +567,7 @@ class _Run:
         """Which packs to delete, which blobs that condemns (see the module docstring)."""
         live, table = self.live, self.table
         rows = self.rows()
-        usage = rows.usage(self.p0, lambda o: live[o])
+        usage = rows.usage(self.p0, live)
         self.summary.live_bytes = sum(u[1] for u in usage.values())
         doomed = {p for p, (total, kept) in usage.items()
                   if total and (kept == 0 or (total - kept) * 100 > self.max_unused * total)}
@@ -548,19 +575,18 @@ class _Run:
             present, outside = rows.copies(doomed)
             protected = self._protect(outside)
             self._outlive_targets(self._delete_claims(present), protected, outside)
-            keep = lambda o: live[o] or protected[o]  # noqa: E731
+            keep = live.union(protected)
             idle = doomed - rows.freeing(doomed, keep)
             if not idle:
                 break
             doomed -= idle  # rewriting it would free nothing: leave it, and think again
-        condemned = RefSet.from_sorted(key for o, key in table.keys()
-                                       if present[o] and not outside[o] and not keep(o))
+        condemned = RefSet.from_sorted(map(table.key, present.minus(outside).minus(keep).ones()))
         usage = rows.usage(self.p0, keep)
         planned = _Planned(doomed, condemned)
         planned.empty = {p for p in doomed if usage[p][1] == 0}
         planned.removable = sum(usage[p][0] - usage[p][1] for p in doomed)
         left_garbage = sum(t - k for p, (t, k) in usage.items() if p not in doomed)
-        kept_garbage = rows.usage(doomed, lambda o: protected[o] and not live[o])
+        kept_garbage = rows.usage(doomed, protected.minus(live))
         planned.unreachable_after = left_garbage + sum(k for _, k in kept_garbage.values())
         return planned
 

@@ -29,8 +29,11 @@ import os
 import secrets
 import shutil
 import struct
+import sys
 import time
+from array import array
 from contextlib import contextmanager
+from itertools import islice
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple
 
@@ -42,6 +45,7 @@ from pkvc.pack import PackEntry
 FORMAT_VERSION = b"2"  # 2: copy rows and the write sequence (gc)
 FLUSH_EVERY = 20_000
 MULTI_GET = 1000  # keys per RocksDB multi-get
+PRIMARY_CHUNK = 16_384  # rows `primary_columns` decodes at once
 
 _BLOB = b"b"  # b + ref key -> location
 _PACK = b"p"  # p + pack id (32 bytes) -> size, blob count
@@ -66,6 +70,60 @@ class Location(NamedTuple):
 
     def entry(self, ref: BlobRef) -> PackEntry:
         return PackEntry(ref, self.kind, self.compression, self.offset, self.length, self.raw_length)
+
+
+class LocationColumns(NamedTuple):
+    """Many locations as columns (about 21 bytes a blob, no object per blob):
+    blob i is in pack `pack_ids[packs[i]]`, of kind `kinds[i]`, and so on."""
+
+    pack_ids: list[str]
+    packs: array  # of "I": a number in pack_ids
+    kinds: bytes
+    compressions: bytes
+    offsets: array  # of "Q"
+    lengths: array  # of "I"
+    raw_lengths: array  # of "I"
+
+    @classmethod
+    def decode(cls, values: list[bytes], numbers: dict[bytes, int]) -> "LocationColumns":
+        """From encoded locations: each column is cut from them all at once
+        (strided slices), not one row at a time. `numbers` (raw pack id ->
+        number) is shared by the parts that `join` makes one."""
+        size, n = _LOCATION.size, len(values)
+        packed = b"".join(values)
+        if len(packed) != size * n:
+            for value in values:
+                _decode_location(value)  # raises on the bad one
+        packs = array("I", [numbers.setdefault(v[:32], len(numbers)) for v in values])
+
+        def column(at: int, width: int, code: str) -> array:
+            buf = bytearray(width * n)
+            for b in range(width):
+                buf[b::width] = packed[at + b::size]
+            out = array(code)
+            assert out.itemsize == width
+            out.frombytes(buf)
+            if sys.byteorder == "big":
+                out.byteswap()
+            return out
+        return cls([], packs, packed[32::size], packed[33::size],
+                   column(34, 8, "Q"), column(42, 4, "I"), column(46, 4, "I"))
+
+    @classmethod
+    def join(cls, parts: list["LocationColumns"], numbers: dict[bytes, int]) -> "LocationColumns":
+        """The parts end to end (decoded with this `numbers`)."""
+        out = cls([raw.hex() for raw in numbers], array("I"), b"".join(p.kinds for p in parts),
+                  b"".join(p.compressions for p in parts), array("Q"), array("I"), array("I"))
+        for p in parts:
+            out.packs.extend(p.packs)
+            out.offsets.extend(p.offsets)
+            out.lengths.extend(p.lengths)
+            out.raw_lengths.extend(p.raw_lengths)
+        return out
+
+    def location(self, i: int) -> Location:
+        return Location(self.pack_ids[self.packs[i]], self.kinds[i], self.compressions[i],
+                        self.offsets[i], self.lengths[i], self.raw_lengths[i])
 
 
 def _encode_location(raw_pack_id: bytes, e: PackEntry) -> bytes:
@@ -268,20 +326,33 @@ class Index:
             if value[32:33] == kind_byte and not (hidden and key[1:] in hidden):
                 yield BlobRef.from_key(key[1:]), value[:32].hex()
 
-    def keys_of_kind(self, kind: int) -> Iterator[bytes]:
-        """Ref key of every indexed blob (primary copy) of one kind, hidden or
-        not, in key order; no row is decoded."""
-        self._flush_rows()
-        kind_byte = bytes([kind])
-        for key, value in self._scan(_BLOB):
-            if value[32:33] == kind_byte:
-                yield key[1:]
-
     def all_blobs(self) -> Iterator[tuple[bytes, Location]]:
         """(ref key, primary location) of every indexed blob, hidden or not, in key order."""
         self._flush_rows()
         for key, value in self._scan(_BLOB):
             yield key[1:], _decode_location(value)
+
+    def primary_columns(self) -> tuple[dict[int, bytes], LocationColumns]:
+        """Every indexed blob (hidden or not) by key width, ascending, then in
+        key order: the ref keys of each width end to end, and the primary
+        locations as columns in that order. Read PRIMARY_CHUNK rows at a time
+        and each column cut from them at once: no object per blob outlives
+        its chunk (gc reads them all)."""
+        self._flush_rows()
+        keys: dict[int, bytearray] = {}
+        parts: dict[int, list[LocationColumns]] = {}
+        numbers: dict[bytes, int] = {}
+        rows = self._scan(_BLOB)
+        while chunk := list(islice(rows, PRIMARY_CHUNK)):
+            widths = set(map(len, (k for k, _ in chunk)))
+            for w in widths:
+                mine = chunk if len(widths) == 1 else [r for r in chunk if len(r[0]) == w]
+                keys.setdefault(w - 1, bytearray()).extend(b"".join([k[1:] for k, _ in mine]))
+                parts.setdefault(w - 1, []).append(
+                    LocationColumns.decode([v for _, v in mine], numbers))
+        order = sorted(keys)
+        return ({w: bytes(keys.pop(w)) for w in order},
+                LocationColumns.join([p for w in order for p in parts.pop(w)], numbers))
 
     def all_blob_places(self) -> Iterator[tuple[bytes, bytes, int, bytes]]:
         """(ref key, pack id as 32 raw bytes, kind, offset and length packed as
@@ -346,8 +417,10 @@ class Index:
         head = _TABLE + table + b"\0"
         start = head + prefix
         pending = sorted((k, v) for k, v in self._pending.items() if k.startswith(start))
-        for key, value in _overlay(self._scan(start), pending):
-            yield key[len(head):], value
+        n = len(head)
+        rows = _overlay(self._scan(start), pending) if pending else self._scan(start)
+        for key, value in rows:
+            yield key[n:], value
 
     # -- writing -------------------------------------------------------
 

@@ -14,7 +14,9 @@ repository reads them by pack): a directory's entries together, and file
 contents in batches of pieces written at their offsets as blobs arrive.
 The walk (reading and checking directories, making them, planning each
 file's pieces) runs on the caller's thread; a writer thread creates the
-files and writes, sizes and closes them, so the two overlap.
+files and writes, sizes and closes them, so the two overlap, and a batch's
+reads start as soon as it is planned (`eager`), while the writer is still
+on the batches before.
 
 Order: contents first, then mode and mtime of each file; a directory's
 owner, mode and mtime when all of it is done (deepest first), so writing
@@ -38,6 +40,7 @@ hostile blob.
 
 from __future__ import annotations
 
+import gc
 import grp
 import os
 import pwd
@@ -45,13 +48,14 @@ import queue
 import stat as statmod
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Protocol
 
 from pkvc.blobref import BlobRef
 from pkvc.errors import BlobNotFoundError, IntegrityError, PkvcError, SchemaError
-from pkvc.schema.anyblob import parse_blob
+from pkvc.schema.anyblob import SchemaBlob, parse_blob
 from pkvc.schema.fsnodes import DirectoryBlob, FileBlob, SpecialBlob, SymlinkBlob
 from pkvc.schema.names import name_problem
 from pkvc.schema.parts import BytesBlob
@@ -75,9 +79,10 @@ class BlobSource(Protocol):
     def get(self, ref: BlobRef) -> bytes:
         """The blob's bytes, already checked against `ref`."""
 
-    # Optional: `get_many(refs, skip_missing=...)` yielding (ref, bytes) of each,
-    # in any order (the repository reads them by pack), the ones not stored left
-    # out with `skip_missing`; without it, `get` is called for each.
+    # Optional: `get_many(refs, skip_missing=..., eager=...)` yielding (ref, bytes)
+    # of each, in any order (the repository reads them by pack), the ones not
+    # stored left out with `skip_missing`, the reads started at once with
+    # `eager`; without it, `get` is called for each.
 
 
 # A blob that is missing or damaged: only the entries that need it are lost
@@ -86,10 +91,11 @@ class BlobSource(Protocol):
 _UNREADABLE = (BlobNotFoundError, IntegrityError)
 
 
-def _get_many(source: BlobSource, refs, skip_missing: bool = False) -> Iterator[tuple[BlobRef, bytes]]:
+def _get_many(source: BlobSource, refs, skip_missing: bool = False,
+              eager: bool = False) -> Iterator[tuple[BlobRef, bytes]]:
     many = getattr(source, "get_many", None)
     if many is not None:
-        return many(refs, skip_missing=skip_missing)
+        return many(refs, skip_missing=skip_missing, eager=eager)
     return _get_each(source, refs, skip_missing)
 
 
@@ -117,6 +123,7 @@ def _read_each(source: BlobSource, refs,
 
 
 def _each_readable(source: BlobSource, wanted: dict, batch: Iterator, unreadable) -> Iterator:
+    """`_read_each` of the blobs `wanted`, from `batch`, their `_get_many`."""
     got: set[BlobRef] = set()
     damaged = False
     try:
@@ -256,8 +263,24 @@ def restore(ref: BlobRef, dest_dir, source: BlobSource, progress: Callable | Non
     Per-entry I/O failures and missing or damaged blobs below the top are
     listed in `RestoreResult.errors`; hostile or malformed blobs raise SchemaError.
     """
-    return _Restorer(source, progress, overwrite).run(ref, os.fsencode(os.fspath(dest_dir)),
-                                                      os.fsencode(name) if name is not None else None)
+    with _collector_paused():
+        return _Restorer(source, progress, overwrite).run(ref, os.fsencode(os.fspath(dest_dir)),
+                                                          os.fsencode(name) if name is not None else None)
+
+
+@contextmanager
+def _collector_paused():
+    """The cyclic garbage collector off while restoring: the restore makes no
+    cycles of its own, and the collector's passes over its many live objects
+    (listings, parsed nodes, planned batches) cost the walk's thread about an
+    eighth of its CPU (2 GiB bench tree: 6.2-7.0 s -> 5.4-6.0 s)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 @dataclass
@@ -293,7 +316,8 @@ class _Restorer:
         self.open_fds: set[int] = set()  # files and directories opened here, not yet closed
         self.content = _Content(self)
         self._ids: dict[tuple, int] = {}  # (kind, name, number) -> local id
-        self.ahead: dict[BlobRef, bytes] = {}  # subdirectories' listing blobs, read ahead
+        self.ahead: dict[BlobRef, bytes] = {}  # subdirectories' entry blobs, read ahead
+        self.ahead_sets: dict[BlobRef, SchemaBlob] = {}  # and their static-sets, parsed
 
     def run(self, ref: BlobRef, dest: bytes, name: bytes | None) -> RestoreResult:
         blob = self._node(ref, dest)
@@ -388,13 +412,13 @@ class _Restorer:
         small ones per subdirectory. Nothing is checked here; what is read
         is checked when it is used, and a failed read is simply tried again then."""
         sets = [child.entries for _, _, child in entries if isinstance(child, DirectoryBlob)]
-        if len(sets) < 2 or len(self.ahead) >= AHEAD_LIMIT:
+        if len(sets) < 2 or len(self.ahead) + len(self.ahead_sets) >= AHEAD_LIMIT:
             return
         members: dict[BlobRef, None] = {}
         try:
             for ref, data in _get_many(self.source, sets):
-                self.ahead[ref] = data
                 blob = parse_blob(data)
+                self.ahead_sets[ref] = blob  # (parsed once: a third of a small listing's cost)
                 if isinstance(blob, StaticSetBlob) and not blob.merge_sets:
                     members.update(dict.fromkeys(blob.members))
             wanted = [ref for ref in members if ref not in self.ahead][:LISTING_BATCH]
@@ -430,8 +454,9 @@ class _Restorer:
         if depth > MAX_SET_DEPTH or set_ref in seen:
             raise SchemaError(f"static-set {set_ref} nests too deep or repeats")
         seen.add(set_ref)
-        data = self.ahead.pop(set_ref, None)
-        blob = parse_blob(data if data is not None else self.source.get(set_ref))
+        blob = self.ahead_sets.pop(set_ref, None)
+        if blob is None:
+            blob = parse_blob(self.source.get(set_ref))
         if not isinstance(blob, StaticSetBlob):
             raise SchemaError(f"directory entries {set_ref} is a {blob.camli_type}, not a static-set")
         if not blob.merge_sets:
@@ -677,7 +702,8 @@ class _Batch:
 
     new: list[_PendingFile]   # files to create, in walk order
     pieces: dict              # blob ref -> [(file, offset in file, offset in blob, size)]
-    data: Iterator | None     # (ref, bytes) of those blobs: read lazily, by the writer
+    reads: Iterator | None    # their batched read, started at once (`eager`)
+    data: Iterator | None     # (ref, bytes) of those blobs from it, unreadable ones reported
     done: list[_PendingFile]  # files all of whose pieces are written by now
     dirs: list[_DirFrame]     # directories all of whose files are done by now
 
@@ -729,10 +755,13 @@ class _Content:
 
     def flush(self) -> None:
         pieces, self.pieces, self.count = self.pieces, {}, 0
-        data = _read_each(self.r.source, pieces, partial(_lost, pieces)) if pieces else None
+        reads = data = None
+        if pieces:  # read from now on, while the writer is still on the batches before
+            reads = _get_many(self.r.source, pieces, True, eager=True)
+            data = _each_readable(self.r.source, pieces, reads, partial(_lost, pieces))
         done = [f for f in self.files if f.complete]
         self.files = [f for f in self.files if not f.complete]
-        batch = _Batch(self.new, pieces, data, done, self.dirs)
+        batch = _Batch(self.new, pieces, reads, data, done, self.dirs)
         self.new, self.dirs = [], []
         self.writer.submit(batch)
 
@@ -788,7 +817,9 @@ class _Writer:
             return
         try:
             while True:  # batches not started: their files are closed by `abandon`
-                self.queue.get_nowait()
+                batch = self.queue.get_nowait()
+                if batch is not None and batch.reads is not None:
+                    batch.reads.close()  # cancels its reads
         except queue.Empty:
             pass
         self.queue.put(None)
@@ -851,7 +882,7 @@ class _Writer:
         """Its size, then its metadata, then close it; or, if its content is
         not all written, remove it. A file whose metadata alone failed stays."""
         r, created = self.r, f.fd >= 0
-        if f.failed is None:
+        if f.failed is None and f.written != f.size:  # (a new file: all written, it has its size)
             try:
                 os.ftruncate(f.fd, f.size)  # keeps a trailing hole a hole
             except OSError as e:

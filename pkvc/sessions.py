@@ -26,6 +26,7 @@ buffer per key length, about 29 bytes per sha224 ref, searched by bisection.
 from __future__ import annotations
 
 import json
+import operator
 import os
 import secrets
 import socket
@@ -36,7 +37,7 @@ from array import array
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from itertools import accumulate
+from itertools import accumulate, islice
 from dataclasses import dataclass, field, replace
 
 from pkvc import crypto
@@ -99,6 +100,14 @@ class SortedKeys:
         if self.starts is not None and key[:1] == self.data[:1]:
             b = key[1] << 8 | key[2]
             lo, hi = self.starts[b], self.starts[b + 1]
+            if hi - lo <= 16:  # a few keys: one C search, not a bisection of Python calls
+                w = self.width
+                at, end = lo * w, hi * w
+                while True:
+                    at = self.data.find(key, at, end)
+                    if at < 0 or at % w == 0:
+                        return at // w if at >= 0 else -1
+                    at += 1  # (found across two keys: not one of them)
         else:
             lo, hi = 0, len(self)
         i = bisect_left(self, key, lo, hi)
@@ -125,18 +134,29 @@ class RefSet:
     @classmethod
     def from_sorted(cls, keys: Iterable[bytes]) -> "RefSet":
         """From ref keys already in ascending byte order (an index scan):
-        appended as they come, no per-ref object kept."""
+        appended as they come, no per-ref object kept; checked and appended a
+        few thousand at a time, in C when they are of one width."""
         bufs: dict[int, bytearray] = {}
         last: dict[int, bytes] = {}
-        for key in keys:
-            w = len(key)
+        keys = iter(keys)
+        while chunk := list(islice(keys, 4096)):
+            widths = set(map(len, chunk))
+            w = len(chunk[0])
             prev = last.get(w)
-            if prev is not None and key <= prev:
-                if key == prev:
-                    continue
-                raise ValueError("RefSet.from_sorted needs ascending keys")
-            bufs.setdefault(w, bytearray()).extend(key)
-            last[w] = bytes(key)
+            if len(widths) == 1 and (prev is None or prev < chunk[0]) and all(
+                    map(operator.lt, chunk, islice(chunk, 1, None))):
+                bufs.setdefault(w, bytearray()).extend(b"".join(chunk))
+                last[w] = bytes(chunk[-1])
+                continue
+            for key in chunk:
+                w = len(key)
+                prev = last.get(w)
+                if prev is not None and key <= prev:
+                    if key == prev:
+                        continue
+                    raise ValueError("RefSet.from_sorted needs ascending keys")
+                bufs.setdefault(w, bytearray()).extend(key)
+                last[w] = bytes(key)
         return cls(dict(bufs))
 
     def __contains__(self, ref) -> bool:

@@ -59,6 +59,9 @@ _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_C
 AHEAD_BLOCK = 32
 READ_JOB = 16
 READ_THREADS = 1
+# A changed file this big is chunked following its previous chunks (one
+# blob read and parsed, to save FastCDC over most of its bytes).
+FOLLOW_MIN_SIZE = 16 * 1024 * 1024
 
 
 class BlobSink(Protocol):
@@ -66,8 +69,9 @@ class BlobSink(Protocol):
         """Store a schema blob unless already there; return its ref. `refs`,
         when given, are exactly the refs it holds (a hint the sink may keep)."""
 
-    def put_data(self, data: bytes) -> BlobRef:
-        """Store file content: never treated as schema, whatever it looks like."""
+    def put_data(self, data: bytes, ref: BlobRef | None = None) -> BlobRef:
+        """Store file content: never treated as schema, whatever it looks like.
+        `ref`: `BlobRef.of(data)`, when the caller has just computed it."""
 
     def has(self, ref: BlobRef) -> bool: ...
 
@@ -93,6 +97,11 @@ class StatCache(Protocol):
     def lookup_dir(self, path: bytes, key: bytes) -> BlobRef | None: ...
 
     def record_dir(self, path: bytes, key: bytes, ref: BlobRef) -> None: ...
+
+    def previous_chunks(self, path: bytes) -> list[tuple[int, BlobRef]] | None:
+        """(size, ref) of the chunks of the file last recorded at `path`,
+        whatever its stat now, if known and without holes: a changed big file
+        is chunked faster where it repeats them (`chunker.chunk_fd`)."""
 
 
 def stat_cache_key(st: os.stat_result) -> tuple:
@@ -527,7 +536,7 @@ class _Walker:
             fd = _open_for_reading(dir_fd, name)
             try:
                 st = _fstat_file(fd)
-                parts = self._read_parts(fd, path)
+                parts = self._read_parts(fd, path, self._previous_chunks(path, st))
             finally:
                 os.close(fd)
         parts = fit_parts(parts, self.sink, self.max_parts)
@@ -559,13 +568,19 @@ class _Walker:
         self._emit(FileStored(os.fsdecode(path), st.st_size, True))
         return ref
 
-    def _read_parts(self, fd: int, path: bytes) -> list[Part]:
-        parts, shown = [], os.fsdecode(path)
-        for piece in chunk_fd(fd, self.chunker):
+    def _previous_chunks(self, path: bytes, st) -> list[tuple[int, BlobRef]] | None:
+        if self.stat_cache is None or st.st_size < FOLLOW_MIN_SIZE:
+            return None
+        return self.stat_cache.previous_chunks(path)
+
+    def _read_parts(self, fd: int, path: bytes, previous=None) -> list[Part]:
+        parts, shown, put = [], os.fsdecode(path), self.sink.put_data
+        for piece in chunk_fd(fd, self.chunker, previous=previous):
             if piece.is_hole:
                 parts.append(Part(piece.size))
                 continue
-            parts.append(Part(piece.size, blob_ref=self.sink.put_data(piece.data)))
+            ref = put(piece.data) if piece.ref is None else put(piece.data, piece.ref)
+            parts.append(Part(piece.size, blob_ref=ref))
             self.result.bytes_read += piece.size
             self._emit(BytesRead(shown, piece.size))
         return parts

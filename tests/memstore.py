@@ -17,7 +17,10 @@ class MemStore:
         self.blobs.setdefault(ref, bytes(data))
         return ref
 
-    put_data = put
+    def put_data(self, data: bytes, ref: BlobRef | None = None) -> BlobRef:
+        stored = self.put(data)
+        assert ref is None or ref == stored, "a put_data ref must be the data's"
+        return stored
 
     def has(self, ref: BlobRef) -> bool:
         return ref in self.blobs

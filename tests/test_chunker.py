@@ -7,6 +7,8 @@ import tracemalloc
 import pytest
 from hypothesis import given, strategies as st
 
+from pkvc import chunker
+from pkvc.blobref import BlobRef
 from pkvc.chunker import (
     DEFAULT_PARAMS, KiB, MiB, ChunkerParams, chunk_bytes, chunk_fd, chunk_stream, data_extents,
 )
@@ -168,3 +170,65 @@ def test_read_small_reads_a_small_file_whole_or_says_no(tmp_path):
                                                           max_size=1024)) == b"hello world"
     finally:
         os.close(fd)
+
+
+def _pieces(tmp_path, data, name, **kw):
+    fd = _fd(tmp_path, data, name)
+    try:
+        return [(p.offset, p.size, p.data, p.ref) for p in chunk_fd(fd, SMALL, **kw)]
+    finally:
+        os.close(fd)
+
+
+def _edit(data, seed, kind):
+    rng = random.Random(seed)
+    at = rng.randrange(len(data) + 1)
+    if kind == "insert":
+        return data[:at] + rng.randbytes(rng.randrange(1, 3000)) + data[at:]
+    if kind == "delete":
+        return data[:at] + data[at + rng.randrange(1, 3000):]
+    if kind == "overwrite":
+        return data[:at] + rng.randbytes(100) + data[at + 100:]
+    if kind == "truncate":
+        return data[:at]
+    if kind == "append":
+        return data + rng.randbytes(rng.randrange(1, 40 * KiB))
+    return data  # "same"
+
+
+@pytest.mark.parametrize("kind", ["same", "insert", "delete", "overwrite", "truncate", "append"])
+@pytest.mark.parametrize("seed", range(4))
+def test_following_previous_chunks_gives_the_plain_pieces(tmp_path, kind, seed):
+    # runs of zeros give max-size chunks that repeat, and repeated content
+    # gives chunks equal to earlier ones: neither may mislead the guesses
+    block = _data(60 * KiB, seed)
+    old = block + bytes(50 * KiB) + _data(90 * KiB, seed + 9) + block + bytes(3 * KiB)
+    previous = [(size, BlobRef.of(data)) for _, size, data, _ in _pieces(tmp_path, old, "old")]
+    new = _edit(old, seed, kind)
+    plain = _pieces(tmp_path, new, "plain")
+    followed = _pieces(tmp_path, new, "new", previous=previous)
+    assert [p[:3] for p in followed] == [p[:3] for p in plain]
+    assert all(ref == BlobRef.of(data) for _, _, data, ref in followed)
+
+
+def test_following_previous_chunks_skips_fastcdc_where_they_repeat(tmp_path, monkeypatch):
+    old = _data(400 * KiB)
+    previous = [(size, BlobRef.of(data)) for _, size, data, _ in _pieces(tmp_path, old, "old")]
+    calls = []
+    real = chunker.fastcdc
+    monkeypatch.setattr(chunker, "fastcdc", lambda *a: calls.append(1) or real(*a))
+    new = old[:5000] + b"inserted" + old[5000:]
+    followed = _pieces(tmp_path, new, "new", previous=previous)
+    assert b"".join(p[2] for p in followed) == new
+    assert len(followed) > 20 and len(calls) <= 4  # the changed chunk, its neighbour, the last
+
+
+def test_an_empty_previous_chunk_is_never_followed(tmp_path):
+    data = _data(100 * KiB)
+    plain = _pieces(tmp_path, data, "plain")
+    # a damaged or crafted file blob: an empty part after every chunk
+    previous = []
+    for _, size, chunk, _ in plain:
+        previous += [(size, BlobRef.of(chunk)), (0, BlobRef.of(b""))]
+    followed = _pieces(tmp_path, data, "new", previous=previous)
+    assert [p[:3] for p in followed] == [p[:3] for p in plain]

@@ -1,10 +1,17 @@
 """FileCache: the stat cache of files and directories over a real repository."""
 
+import os
+import random
 import shutil
 
 from gc_support import remove_blobs
+from memstore import MemStore
 from pkvc import tree
+from pkvc.backends.local import LocalBackend
+from pkvc.blobref import BlobRef
+from pkvc.chunker import ChunkerParams, chunk_bytes
 from pkvc.filecache import FileCache
+from pkvc.repo import Repository
 
 
 def _tree(root):
@@ -93,3 +100,30 @@ def test_an_unchanged_tree_asks_about_one_blob_per_directory(repo, tmp_path, mon
     monkeypatch.setattr(repo, "has", lambda ref: asked.append(ref) or has(ref))
     _snapshot(repo, root)
     assert len(asked) == 5  # src, a, a/b, a/b/c, x; no file blob
+
+
+def test_a_changed_big_file_follows_its_previous_chunks_to_the_same_refs(
+        repo_path, tmp_path, monkeypatch):
+    small = ChunkerParams(min_size=1024, avg_size=4096, max_size=16384)
+    monkeypatch.setattr(tree, "FOLLOW_MIN_SIZE", 64 * 1024)
+    r = Repository.create(LocalBackend(repo_path), b"a password", tmp_path / "cache", chunker=small)
+    try:
+        root = tmp_path / "src"
+        root.mkdir()
+        old = random.Random(3).randbytes(400 * 1024)
+        (root / "big.bin").write_bytes(old)
+        cache = FileCache(r)
+        # at most 10 parts a blob: the chunks come back through `bytes` blobs
+        tree.put_path(root, r, stat_cache=cache, chunker=small, max_parts=10)
+        path = os.fsencode(root / "big.bin")
+        assert cache.previous_chunks(path) == \
+            [(p.size, BlobRef.of(p.data)) for p in chunk_bytes(old, small)]
+        assert cache.previous_chunks(os.fsencode(root / "other")) is None
+        (root / "big.bin").write_bytes(old[:9000] + b"inserted" + old[9000:])
+        stored = r.stats.raw_bytes
+        followed = tree.put_path(root, r, stat_cache=FileCache(r), chunker=small, max_parts=10)
+        assert r.stats.raw_bytes - stored < 64 * 1024  # a chunk or two and schema blobs
+        plain = tree.put_path(root, MemStore(), chunker=small, max_parts=10)
+        assert followed.ref == plain.ref
+    finally:
+        r.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -22,6 +23,7 @@ from pkvc.gc import STEPS, BlobTable, claim_roots, gc
 from pkvc.identity import store_identity
 from pkvc.pack import KIND_SIGNED
 from pkvc.repo import Repository
+from pkvc.schema.canonical import canonical_json
 from pkvc.series import create_series, list_series, record_snapshot, resolve, snapshots
 from pkvc.sessions import KIND_GC, LeaseExpiredError, RefSet
 from pkvc.tree import put_path
@@ -241,6 +243,21 @@ def test_blob_table_finds_every_key_and_nothing_else():
     s = RefSet.from_sorted(r.to_key() for r in refs[::2])
     assert all(r in s for r in refs[::2]) and not any(r in s for r in refs[1::2])
     assert RefSet.from_bytes(s.to_bytes()).keys().__next__() == next(s.keys())
+
+
+def test_gc_reads_an_index_of_two_key_widths(tmp_path):
+    """Ordinals go by key width, then key: the places gc reads schema blobs
+    from (here a sha1 one, with no refs-cache row) follow the same order."""
+    repo = Repository.create(LocalBackend(tmp_path / "repo"), PASSWORD, tmp_path / "cache")
+    data, garbage = repo.put(b"data in a file" * 50), repo.put(b"garbage" * 50)
+    schema = canonical_json({"camliVersion": 1, "camliType": "bytes",
+                             "parts": [{"blobRef": str(data), "size": 700}]})
+    root = repo.put(schema, BlobRef("sha1", hashlib.sha1(schema).hexdigest()))
+    repo.flush()
+    summary = gc(repo, [root], max_unused=0)
+    assert repo.contains(root) and repo.contains(data) and not repo.contains(garbage)
+    assert summary.live_blobs == 2
+    repo.close()
 
 
 def test_the_ordinal_finder_agrees_with_ordinal_in_any_order():

@@ -10,10 +10,11 @@ from gc_support import PASSWORD
 from pkvc.backends.local import LocalBackend
 from pkvc.blobref import BlobRef
 from pkvc.errors import UsageError
+from pkvc import index as index_mod
 from pkvc.index import Index
 from pkvc.pack import KIND_SCHEMA, KIND_SIGNED, PackEntry
 from pkvc.repo import Repository
-from pkvc.sessions import Plan, PlanView, RefSet
+from pkvc.sessions import Plan, PlanView, RefSet, SortedKeys
 
 
 def entry(ref: BlobRef, kind: int = KIND_SCHEMA) -> PackEntry:
@@ -135,3 +136,50 @@ def test_table_rows_stay_buffered_and_scans_read_through_them(tmp_path):
     assert list(b.table_scan(b"u")) == [(b"k2", b"other table")]
     a.close()
     b.close()
+
+
+@pytest.mark.parametrize("chunk", [65_536, 7])
+def test_primary_columns_agree_with_the_rows_in_any_key_width(tmp_path, monkeypatch, chunk):
+    monkeypatch.setattr(index_mod, "PRIMARY_CHUNK", chunk)  # (read a few rows at a time)
+    index = Index(tmp_path)
+    refs = [BlobRef.of(os.urandom(8)) for _ in range(300)] + [BlobRef("sha1", "ab" * 20)]
+    packs = ["aa" * 32, "bb" * 32, "cc" * 32]
+    for n, pack in enumerate(packs):
+        index.add_pack(pack, 10**6, [PackEntry(r, KIND_SCHEMA if i % 2 else KIND_SIGNED, i % 3,
+                                               2**33 + i, 100 + i, 300 + i)
+                                     for i, r in enumerate(refs) if i % 3 == n])
+    index.flush()
+    rows = sorted(index.all_blobs(), key=lambda row: (len(row[0]), row[0]))  # by width, then key
+    keys, columns = index.primary_columns()
+    assert list(keys) == [21, 29]
+    assert b"".join(keys.values()) == b"".join(key for key, _ in rows)
+    assert [columns.location(i) for i in range(len(rows))] == [loc for _, loc in rows]
+    index.close()
+
+
+def test_sorted_keys_never_match_across_two_keys():
+    """A key found straddling two neighbours in the buffer is not one of them."""
+    first = bytes.fromhex("0110200000011020")
+    second = bytes.fromhex("0110200707000000")
+    straddling = bytes.fromhex("0110200110200707")  # first[5:] + second[:5]; sorts between them
+    fillers = {b"\x01" + os.urandom(7) for _ in range(5000)}
+    keys = sorted({k for k in fillers if k[1:3] != b"\x10\x20"} | {first, second})
+    table = SortedKeys(8, b"".join(keys))
+    assert table.starts is not None
+    assert table.index(straddling) == -1
+    assert table.index(first) == keys.index(first) and table.index(second) == keys.index(second)
+    assert all(table.index(k) == i for i, k in enumerate(keys))
+
+
+def test_ref_set_from_sorted_keys_in_chunks_of_any_width():
+    short = sorted({b"\x02" + os.urandom(20) for _ in range(5000)})
+    long = sorted({b"\x01" + os.urandom(28) for _ in range(9000)})
+    keys = sorted(short + long)
+    with_duplicates = keys[:4096] + keys[4095:]  # one repeated across two chunks
+    for given in (keys, with_duplicates, iter(keys)):
+        s = RefSet.from_sorted(given)
+        assert len(s) == len(keys) and list(s.keys()) == short + long  # (by width)
+    with pytest.raises(ValueError):
+        RefSet.from_sorted(long[:5000] + long[4000:4001])
+    with pytest.raises(ValueError):
+        RefSet.from_sorted(list(reversed(long)))

@@ -2,6 +2,7 @@
 
 import os
 import random
+import threading
 
 import pytest
 
@@ -10,7 +11,7 @@ from pkvc.backends.local import LocalBackend
 from pkvc.blobref import BlobRef
 from pkvc.errors import BlobNotFoundError, IntegrityError
 from pkvc.pack import pack_name
-from pkvc.repo import READ_SPAN, Repository, _spans
+from pkvc.repo import READ_SPAN, Repository, _reader_pool, _spans
 from pkvc.index import Location
 
 PASSWORD = b"correct horse battery staple"  # as in conftest.py
@@ -99,6 +100,30 @@ def test_reads_stay_a_bounded_number_ahead(many, repo_path, monkeypatch):
     first = next(batch)
     assert 0 < len(loads) <= repo_mod.READ_AHEAD + 1
     assert dict([first, *batch]) == blobs and len(loads) > 20
+
+
+def test_eager_reads_start_at_once_and_close_stops_them(many, repo_path, monkeypatch):
+    r, blobs = many
+    monkeypatch.setattr(repo_mod, "READ_SPAN", 8 * 1024)  # many small reads
+    loads = []
+    started = threading.Event()
+
+    class Counting(LocalBackend):
+        def load(self, name, offset=0, length=None):
+            loads.append(length)
+            started.set()
+            return super().load(name, offset, length)
+
+    r.backend = Counting(repo_path)
+    batch = r.get_many(blobs, eager=True)
+    assert started.wait(10)  # before any next()
+    assert dict(batch) == blobs and len(loads) > 20
+    done = len(loads)
+    unused = r.get_many(blobs, eager=True)
+    unused.close()  # never iterated: the reads not begun are cancelled
+    for _ in range(2 * repo_mod.READ_THREADS):  # the reader threads have taken what was queued
+        _reader_pool().submit(lambda: None).result()
+    assert len(loads) - done <= repo_mod.READ_AHEAD
 
 
 def test_spans_are_bounded_in_bytes_read_and_bytes_returned():

@@ -256,7 +256,7 @@ def _follow(read: Callable[[int], bytes], params, previous: list[tuple[int, Blob
     previous version's chunk that follows a repeated one without FastCDC
     when its bytes come next again and it was not the last one."""
     where = {ref: i for i, (_, ref) in enumerate(previous)}
-    window = 4 * params.max_size
+    window = 2 * params.max_size  # as _chunk_reads (4x: +33 MiB peak RSS, no faster)
     buf, at, base, done = b"", 0, 0, False  # the data from `base` on is buf[at:]
     last = -1  # index in `previous` of the chunk just taken, if it repeated one
     while True:

@@ -55,9 +55,17 @@ def password_key(password: bytes, salt: bytes, opslimit: int, memlimit: int) -> 
 
 
 def seal(key: bytes, plaintext, ad: bytes) -> bytes:
-    """Encrypt and authenticate: nonce || ciphertext || tag."""
-    nonce = os.urandom(NONCE_SIZE)
-    return nonce + sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(bytes(plaintext), ad, nonce, key)
+    """Encrypt and authenticate: nonce || ciphertext || tag. Calls libsodium
+    directly, like `unseal_view`: PyNaCl's wrapper copied the plaintext and
+    the ciphertext under the GIL (sealing 8 MiB: 330 -> 430-550 MB/s)."""
+    _check_key(key)
+    size = len(plaintext)
+    out = _uncleared("unsigned char[]", NONCE_SIZE + size + TAG_SIZE)
+    _ffi.memmove(out, os.urandom(NONCE_SIZE), NONCE_SIZE)
+    with _ffi.from_buffer(plaintext) as src:
+        _lib.crypto_aead_xchacha20poly1305_ietf_encrypt(
+            out + NONCE_SIZE, _ffi.NULL, src, size, ad, len(ad), _ffi.NULL, out, key)
+    return _ffi.buffer(out)[:]
 
 
 def unseal(key: bytes, sealed, ad: bytes, what: str = "data") -> bytes:
@@ -76,8 +84,7 @@ def unseal_view(key: bytes, sealed, ad: bytes, what: str = "data") -> memoryview
     input twice and zero-fills then copies the output, all holding the GIL
     (a third of `check --read-data`'s GIL time); the decryption itself
     releases it."""
-    if len(key) != KEY_SIZE:  # (libsodium reads KEY_SIZE bytes, whatever it is given)
-        raise ValueError(f"a key is {KEY_SIZE} bytes")
+    _check_key(key)
     size = len(sealed) - SEAL_OVERHEAD
     if size < 0:
         raise IntegrityError(f"{what} is truncated")
@@ -91,6 +98,11 @@ def unseal_view(key: bytes, sealed, ad: bytes, what: str = "data") -> memoryview
     if failed:
         raise IntegrityError(f"{what} failed authentication (damaged or tampered)")
     return memoryview(_ffi.buffer(out, size)).toreadonly()
+
+
+def _check_key(key: bytes) -> None:
+    if len(key) != KEY_SIZE:  # (libsodium reads KEY_SIZE bytes, whatever it is given)
+        raise ValueError(f"a key is {KEY_SIZE} bytes")
 
 
 def try_unseal(key: bytes, sealed, ad: bytes) -> bytes | None:

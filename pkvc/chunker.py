@@ -217,15 +217,7 @@ def _chunk_reads(read: Callable[[int], bytes], base: int, params) -> Iterator[Pi
     buf, done = b"", False
     while True:
         if not done and len(buf) < window:
-            reads, have = [buf] if buf else [], len(buf)
-            while not done and have < window:
-                data = read(window - have)
-                if data:
-                    reads.append(data)
-                    have += len(data)
-                else:
-                    done = True
-            buf = reads[0] if len(reads) == 1 else b"".join(reads)
+            buf, done = _fill(read, buf, window)
         consumed = 0
         for offset, length in _cut_points(buf, params, done):
             whole = offset == 0 and length == len(buf)
@@ -235,6 +227,20 @@ def _chunk_reads(read: Callable[[int], bytes], base: int, params) -> Iterator[Pi
         base += consumed
         if done and not buf:
             return
+
+
+def _fill(read: Callable[[int], bytes], tail: bytes, window: int) -> tuple[bytes, bool]:
+    """`tail` followed by `read` results, up to `window` bytes (no copy when
+    one piece makes it), and whether the data ended first."""
+    pieces, have = [tail] if tail else [], len(tail)
+    while have < window:
+        data = read(window - have)
+        if not data:
+            break
+        pieces.append(data)
+        have += len(data)
+    joined = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+    return joined, have < window
 
 
 def _cut_points(buf: bytes, params, final: bool) -> list[tuple[int, int]]:
@@ -261,15 +267,7 @@ def _follow(read: Callable[[int], bytes], params, previous: list[tuple[int, Blob
     last = -1  # index in `previous` of the chunk just taken, if it repeated one
     while True:
         if not done and len(buf) - at < params.max_size:  # what FastCDC needs to cut
-            reads, have = [buf[at:]], len(buf) - at
-            while not done and have < window:
-                data = read(window - have)
-                if data:
-                    reads.append(data)
-                    have += len(data)
-                else:
-                    done = True
-            buf, at = b"".join(reads), 0
+            (buf, done), at = _fill(read, buf[at:], window), 0
         if at == len(buf):
             return
         length = None

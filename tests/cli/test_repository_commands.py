@@ -1,11 +1,15 @@
 """init, key slots, passwords and exit codes, through the real command."""
 
 import os
+import platform
 import signal
 import subprocess
 import sys
 import time
 
+import pytest
+
+from pkvc import cli
 from pkvc.errors import (EXIT_INTERRUPTED, EXIT_NO_REPOSITORY, EXIT_USAGE, EXIT_WRONG_PASSWORD)
 
 
@@ -116,3 +120,38 @@ def test_help_lists_exit_codes(pkvc):
     out = pkvc.ok("--help").out
     assert "130" in out and "wrong password" in out
 
+
+
+_ARENA_PROBE = r"""
+import ctypes, sys, threading
+from pkvc import cli
+capped = cli.fewer_malloc_arenas() if sys.argv[1] == "capped" else None
+held, ready = [], threading.Barrier(7)
+def allocate():
+    held.append([bytes(100_000) for _ in range(20)])  # malloc'd, under mmap's threshold
+    ready.wait()  # all alive at once: each wants an arena of its own
+threads = [threading.Thread(target=allocate) for _ in range(6)]
+for t in threads: t.start()
+ready.wait()
+for t in threads: t.join()
+libc = ctypes.CDLL(None)
+libc.fopen.restype = ctypes.c_void_p
+out = libc.fopen(sys.argv[2].encode(), b"w")
+libc.malloc_info(0, ctypes.c_void_p(out))
+libc.fclose(ctypes.c_void_p(out))
+print(capped)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc arenas are glibc's")
+@pytest.mark.parametrize("mode", ["capped", "default"])
+def test_snapshot_caps_glibcs_malloc_arenas(tmp_path, mode):
+    report = tmp_path / "malloc.xml"
+    done = subprocess.run([sys.executable, "-c", _ARENA_PROBE, mode, str(report)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    heaps = report.read_text().count("<heap nr=")
+    if mode == "capped":
+        assert done.stdout.strip() == "True" and heaps <= cli.MALLOC_ARENAS
+    else:  # the probe is sound: without the cap the threads spread over more arenas
+        assert heaps > cli.MALLOC_ARENAS

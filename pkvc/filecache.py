@@ -25,8 +25,8 @@ import struct
 from pkvc.blobref import BlobRef
 from pkvc.errors import PkvcError
 from pkvc.repo import Repository
+from pkvc.restore import iter_file_spans
 from pkvc.schema.fsnodes import FileBlob
-from pkvc.schema.parts import BytesBlob, Part
 from pkvc.tree import stat_cache_key
 
 _KEY = struct.Struct("<9q")
@@ -63,24 +63,16 @@ class FileCache:
         row = self._table.get(path)
         if row is None or len(row) <= _KEY.size:
             return None
+        chunks: list[tuple[int, BlobRef]] = []
         try:
             blob = FileBlob.from_json(self._repo.get(BlobRef.from_key(row[_KEY.size:])))
-            chunks: list[tuple[int, BlobRef]] = []
-            return chunks if self._flatten(blob.parts, chunks) and chunks else None
+            for size, ref, start in iter_file_spans(blob, self._repo):
+                if ref is None or start:  # a hole, or part of a blob: not a chunk
+                    return None
+                chunks.append((size, ref))
         except (PkvcError, ValueError):
             return None
-
-    def _flatten(self, parts: tuple[Part, ...], into: list) -> bool:
-        """Append the chunks of `parts`, reading their `bytes` blobs; False at a hole."""
-        for part in parts:
-            if part.offset:
-                return False
-            if part.blob_ref is not None:
-                into.append((part.size, part.blob_ref))
-            elif part.bytes_ref is None or not self._flatten(
-                    BytesBlob.from_json(self._repo.get(part.bytes_ref)).parts, into):
-                return False
-        return True
+        return chunks or None
 
     def record(self, path: bytes, st: os.stat_result, ref: BlobRef) -> None:
         self._table.put(path, _KEY.pack(*stat_cache_key(st)) + ref.to_key())

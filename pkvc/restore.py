@@ -187,6 +187,14 @@ def iter_file_pieces(blob: "FileBlob | BytesBlob", source: BlobSource) -> Iterat
     yield from _pieces(blob.parts, source, 0, blob.size, 0, frozenset())
 
 
+def iter_file_spans(blob: "FileBlob | BytesBlob", source: BlobSource
+                    ) -> Iterator[tuple[int, BlobRef | None, int]]:
+    """(size, data blob ref or None for a hole, offset in that blob) runs of a
+    file's content in order, nested `bytes` blobs read and resolved (at most
+    MAX_BYTES_DEPTH deep); the data blobs are not read."""
+    return _spans(blob.parts, source, 0, blob.size, 0, frozenset())
+
+
 def iter_file_bytes(ref: BlobRef, source: BlobSource, block: int = STREAM_BLOCK) -> Iterator[bytes]:
     """A `file` or `bytes` blob's content as byte strings (holes as zeros)."""
     blob = parse_blob(source.get(ref))

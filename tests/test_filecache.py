@@ -12,6 +12,9 @@ from pkvc.blobref import BlobRef
 from pkvc.chunker import ChunkerParams, chunk_bytes
 from pkvc.filecache import FileCache
 from pkvc.repo import Repository
+from pkvc.restore import MAX_BYTES_DEPTH
+from pkvc.schema.fsnodes import FileBlob
+from pkvc.schema.parts import BytesBlob, Part
 
 
 def _tree(root):
@@ -125,5 +128,25 @@ def test_a_changed_big_file_follows_its_previous_chunks_to_the_same_refs(
         assert r.stats.raw_bytes - stored < 64 * 1024  # a chunk or two and schema blobs
         plain = tree.put_path(root, MemStore(), chunker=small, max_parts=10)
         assert followed.ref == plain.ref
+    finally:
+        r.close()
+
+
+def test_previous_chunks_give_up_on_bytes_blobs_nested_deeper_than_restore_reads(
+        repo_path, tmp_path):
+    r = Repository.create(LocalBackend(repo_path), b"a password", tmp_path / "cache")
+    try:
+        chunk = b"some content"
+        part = Part(len(chunk), blob_ref=r.put_data(chunk))
+        for depth in range(MAX_BYTES_DEPTH + 1):
+            part = Part(len(chunk), bytes_ref=r.put(BytesBlob((part,)).to_json()))
+            if depth == 2:
+                shallow = part
+        cache = FileCache(r)
+        st = os.stat(repo_path)
+        for name, top in ((b"/shallow", shallow), (b"/deep", part)):
+            cache.record(name, st, r.put(FileBlob(name[1:], (top,)).to_json()))
+        assert cache.previous_chunks(b"/shallow") == [(len(chunk), BlobRef.of(chunk))]
+        assert cache.previous_chunks(b"/deep") is None  # (not a RecursionError either)
     finally:
         r.close()

@@ -17,10 +17,6 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils
-
 MAX_ARMOR_SIZE = 256 * 1024  # Perkeep reads at most this much of a key blob
 PUBLIC_KEY_BLOCK = "PGP PUBLIC KEY BLOCK"
 SIGNATURE_BLOCK = "PGP SIGNATURE"
@@ -29,13 +25,13 @@ TAG_SIGNATURE = 2
 TAG_PUBLIC_KEY = 6
 SIG_BINARY = 0x00
 RSA_SIGNING_ALGORITHMS = {1, 3}  # RSA, RSA sign-only (2 is encrypt-only)
-# OpenPGP hash id -> (hashlib name, cryptography class)
+# OpenPGP hash id -> (hashlib name, name of cryptography's hash class)
 HASHES = {
-    2: ("sha1", hashes.SHA1),
-    8: ("sha256", hashes.SHA256),
-    9: ("sha384", hashes.SHA384),
-    10: ("sha512", hashes.SHA512),
-    11: ("sha224", hashes.SHA224),
+    2: ("sha1", "SHA1"),
+    8: ("sha256", "SHA256"),
+    9: ("sha384", "SHA384"),
+    10: ("sha512", "SHA512"),
+    11: ("sha224", "SHA224"),
 }
 _SUB_CREATED, _SUB_EXPIRES, _SUB_ISSUER, _SUB_ISSUER_FPR = 2, 3, 16, 33
 _UNDERSTOOD_SUBPACKETS = {_SUB_CREATED, _SUB_EXPIRES, _SUB_ISSUER, _SUB_ISSUER_FPR}
@@ -413,12 +409,18 @@ def verify(key: PublicKey, sig: Signature, data: bytes) -> None:
         raise PacketError("hash tag doesn't match")
     if sig.value >= key.n:
         raise PacketError("bad signature: value is out of range for the key")
+    # Imported here: cryptography's Rust core adds ~6 MiB to every command's
+    # memory, and most commands never check an RSA signature.
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils
+
     try:
         public = rsa.RSAPublicNumbers(key.e, key.n).public_key()
     except ValueError as e:
         raise PacketError(f"unusable RSA key: {e}") from None
     size = (key.n.bit_length() + 7) // 8
-    algorithm = utils.Prehashed(HASHES[sig.hash_algorithm][1]())
+    algorithm = utils.Prehashed(getattr(hashes, HASHES[sig.hash_algorithm][1])())
     try:
         public.verify(sig.value.to_bytes(size, "big"), digest, padding.PKCS1v15(), algorithm)
     except InvalidSignature:

@@ -293,3 +293,14 @@ def test_random_camli_sig_raises_only_packet_errors(text):
         openpgp.read_signature(openpgp.rearmor(text))
     except PacketError:
         pass
+
+
+def test_commands_load_cryptography_only_to_check_a_signature():
+    """cryptography's Rust core costs every process ~6 MiB; only `verify` needs it."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, pkvc.cli, pkvc.snapshot, pkvc.check, pkvc.restore, pkvc.gc, pkvc.share\n"
+             "print('cryptography' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"

@@ -14,7 +14,7 @@ PKG = Path(__file__).resolve().parents[1] / "pkvc"
 LAYERS = {
     "pkvc": 0, "pkvc.errors": 0, "pkvc.blobref": 0, "pkvc.progress": 0,
     "pkvc.schema": 1, "pkvc.openpgp": 1, "pkvc.crypto": 1, "pkvc.chunker": 1,
-    "pkvc.retention": 1,
+    "pkvc.retention": 1, "pkvc.chunkfeed": 1,
     "pkvc.backends": 2, "pkvc.gpg": 2,
     "pkvc.pack": 3, "pkvc.packer": 3,
     "pkvc.index": 4, "pkvc.keyslots": 4,

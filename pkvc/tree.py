@@ -63,6 +63,9 @@ READ_THREADS = 1
 # A changed file this big is chunked following its previous chunks (one
 # blob read and parsed, to save FastCDC over most of its bytes).
 FOLLOW_MIN_SIZE = 16 * 1024 * 1024
+# Small files read from a subdirectory before the walk enters it, at most
+# (bytes; see `_prefetch_dir`).
+PREFETCH_BYTES = 256 * 1024
 # A file this big is chunked and hashed on a thread of its own (`ChunkFeed`)
 # while the walk goes on; its directory's blob waits for it (2 GiB bench,
 # mutated re-snapshot, where the walk overlaps the changed 601 MB file:
@@ -232,6 +235,8 @@ class _DirFrame:
     # some are still coming is finished when the last one comes, keeping
     # its fd open until then; `parent`/`slot`: where its own ref goes then,
     # `ref`: the top frame's ref once finished.
+    # Small files read before the walk came here (`_prefetch_dir`): name -> (fstat, content)
+    prefetched: dict | None = None
     waiting: int = 0
     walked: bool = False
     parent: "_DirFrame | None" = None
@@ -260,13 +265,14 @@ class _Entry:
     """A directory entry prepared ahead: its stat (or the error getting it),
     the stat cache's answer for a file, and where its read-ahead lands."""
 
-    __slots__ = ("name", "path", "rel", "st", "error", "cached", "job", "slot")
+    __slots__ = ("name", "path", "rel", "st", "error", "cached", "job", "slot", "read")
 
     def __init__(self, name, path, rel, st, error=None):
         self.name, self.path, self.rel, self.st, self.error = name, path, rel, st, error
         self.cached = _NOT_LOOKED_UP
         self.job: Future | None = None  # its read-ahead job, if any
         self.slot = 0  # its place in the job's results
+        self.read = None  # (fstat, content) read with its parent's prefetch, if any
 
 
 _NOT_LOOKED_UP = object()
@@ -450,6 +456,7 @@ class _Walker:
         min_size = self.chunker.min_size
         to_read: list[_Entry] = []
         subdirs: list[_Entry] = []
+        prefetched = frame.prefetched
         for name in names:
             path, rel = frame.child_paths(name)
             try:
@@ -473,14 +480,19 @@ class _Walker:
                     continue
                 self._cache_misses += 1
             if st.st_size < min_size:
-                to_read.append(entry)
+                read = prefetched.pop(name, None) if prefetched else None
+                if read is not None and _same_file(st, read[0]):
+                    entry.read = read
+                else:
+                    to_read.append(entry)
         jobs = [to_read[i:i + READ_JOB] for i in range(0, len(to_read), READ_JOB)] or [[]]
         if self._mostly_new:
-            # Listing subdirectories ahead pays while most files are new; in
-            # a re-snapshot, where the stat cache answers for most, it costs a
-            # thread hand-off per directory and saves nothing (unchanged
-            # re-snapshot of the 2 GiB tree, 10,684 directories: 4.9 -> 2.7 s).
-            jobs[0] += subdirs
+            # Reading subdirectories' small files ahead pays while most files
+            # are new (`_prefetch_dir`); in a re-snapshot, where the stat cache
+            # answers for most, it costs a thread hand-off per directory and
+            # saves nothing (unchanged re-snapshot of the 2 GiB tree, 10,684
+            # directories: 4.9 -> 2.7 s, when it listed them).
+            jobs.append(subdirs)  # (after the files: the walk needs those first)
         for entries in jobs:
             if entries:
                 self._read_ahead(frame, entries)
@@ -491,9 +503,9 @@ class _Walker:
         return self._cache_misses >= self._cache_hits
 
     def _read_ahead(self, frame: _DirFrame, entries: list[_Entry]) -> None:
-        """One job: read the files among `entries`, then list the directories
-        and start reading their small files (only while most files are new
-        does `_prepare` give it directories)."""
+        """One job: read the files among `entries`, or the small files of the
+        directories among them (only while most files are new does `_prepare`
+        give it directories)."""
         if self._readers is None:
             self._readers = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="pkvc-read")
         files = [e.name for e in entries if not statmod.S_ISDIR(e.st.st_mode)]
@@ -510,7 +522,11 @@ class _Walker:
             self._skip(path, entry.error)
             return None
         if statmod.S_ISDIR(st.st_mode):
-            return self._open_dir(frame.fd, name, path, entry.rel, st)
+            child = self._open_dir(frame.fd, name, path, entry.rel, st)
+            if child is not None and entry.job is not None:
+                results = entry.job.result()
+                child.prefetched, results[entry.slot] = results[entry.slot], None
+            return child
         self._defer_to, self._unchecked = frame, False
         try:
             ref = self._put_leaf(frame.fd, name, path, st, entry)
@@ -620,7 +636,9 @@ class _Walker:
         if cached is not None:
             return cached
         read = None
-        if entry is not None and entry.job is not None:
+        if entry is not None and entry.read is not None:
+            read, entry.read = entry.read, None
+        elif entry is not None and entry.job is not None:
             results = entry.job.result()
             read, results[entry.slot] = results[entry.slot], None  # the frame keeps the job
             if isinstance(read, OSError):
@@ -722,7 +740,8 @@ def _read_block(dir_fd: int, files: list[bytes], dirs: list[bytes], params) -> l
     """A read-ahead job, on a reader thread: for each of `files` (small
     files), (its fstat, its content) or (its fstat, None) when it is not one
     chunk any more, or the OSError met. Syscalls and all: the walker
-    meanwhile holds the GIL only for Python. Then `_list_dir` each of `dirs`."""
+    meanwhile holds the GIL only for Python. Then `_prefetch_dir` each of
+    `dirs` (one more result each)."""
     results: list = []
     for name in files:
         try:
@@ -735,36 +754,56 @@ def _read_block(dir_fd: int, files: list[bytes], dirs: list[bytes], params) -> l
         except OSError as e:
             results.append(e)
     for name in dirs:
-        _list_dir(dir_fd, name, params.min_size)
+        results.append(_prefetch_dir(dir_fd, name, params))
     return results
 
 
-def _list_dir(dir_fd: int, name: bytes, warm: int) -> None:
-    """List a subdirectory once so that its blocks are in the page cache
-    when the walker lists it (a cold directory costs a disk read, and a tree
-    may have many small ones), and ask the kernel to start reading the
-    first `warm` bytes of its files (no wait, no copy), so the walker's
-    reads of them meet less of the disk's latency."""
+def _prefetch_dir(dir_fd: int, name: bytes, params) -> dict:
+    """Read a subdirectory's small files before the walker enters it:
+    name -> (fstat, content or None as in `_read_block`), up to
+    PREFETCH_BYTES. The walker takes a file's content from here only if its
+    own lstat of the file agrees (`_same_file`), and reads it again
+    otherwise; a file that cannot be read here is left out, for the walker
+    to meet and report the error itself. Directories hold five files on
+    average: read only when the walker gets there, each was a job it
+    submitted and at once waited for."""
+    out: dict = {}
     try:
         fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
     except OSError:
-        return  # the walker meets and reports the error itself
+        return out
     try:
         with os.scandir(fd) as entries:
-            files = [e.name for e in entries if e.is_file(follow_symlinks=False)]
+            files = [os.fsencode(e.name) for e in entries if e.is_file(follow_symlinks=False)]
+        budget = PREFETCH_BYTES
         for file in files:
+            if budget <= 0:
+                break
             try:
-                file_fd = _open_for_reading(fd, os.fsencode(file))
+                file_fd = _open_for_reading(fd, file)
+                try:
+                    st = _fstat_file(file_fd)
+                    if st.st_size >= params.min_size:
+                        continue
+                    out[file] = (st, read_small(file_fd, st, params))
+                    budget -= st.st_size
+                finally:
+                    os.close(file_fd)
             except OSError:
                 continue
-            try:
-                os.posix_fadvise(file_fd, 0, warm, os.POSIX_FADV_WILLNEED)
-            finally:
-                os.close(file_fd)
     except OSError:
         pass
     finally:
         os.close(fd)
+    return out
+
+
+def _same_file(st: os.stat_result, read: os.stat_result) -> bool:
+    """Whether `read` (a prefetch's fstat) is of the file the walker stat'ed
+    as `st`, unchanged since."""
+    return (st.st_ino == read.st_ino and st.st_dev == read.st_dev
+            and st.st_size == read.st_size and st.st_mtime_ns == read.st_mtime_ns
+            and st.st_ctime_ns == read.st_ctime_ns and st.st_mode == read.st_mode)
 
 
 def _fstat_file(fd: int) -> os.stat_result:

@@ -438,11 +438,56 @@ def test_a_read_ahead_job_reports_each_file_it_cannot_read(tmp_path):
     os.mkfifo(tmp_path / "fifo")
     fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        small, big, missing, fifo = _read_block(fd, [b"small", b"big", b"gone", b"fifo"],
-                                                [b"gone-dir"], SMALL)
+        small, big, missing, fifo, gone_dir = _read_block(
+            fd, [b"small", b"big", b"gone", b"fifo"], [b"gone-dir"], SMALL)
     finally:
         os.close(fd)
     assert small[1] == b"abc" and small[0].st_size == 3
     assert big[1] is None  # not one chunk: the walker chunks it itself
     assert isinstance(missing, FileNotFoundError)
     assert isinstance(fifo, OSError) and "replaced by a non-file" in str(fifo)
+    assert gone_dir == {}  # the walker meets and reports the error itself
+
+
+def test_a_prefetch_reads_a_subdirectorys_small_files_within_its_budget(tmp_path, monkeypatch):
+    from pkvc import tree
+    from pkvc.tree import _prefetch_dir
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    for i in range(6):
+        (sub / f"f{i}").write_bytes(bytes([i]) * 300)
+    (sub / "big").write_bytes(os.urandom(2 * KiB))  # not one chunk: left to the walker
+    os.mkfifo(sub / "fifo")
+    (sub / "dir").mkdir()
+    os.symlink("f0", sub / "link")
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        got = _prefetch_dir(fd, b"sub", SMALL)
+        monkeypatch.setattr(tree, "PREFETCH_BYTES", 3 * 300)
+        few = _prefetch_dir(fd, b"sub", SMALL)
+    finally:
+        os.close(fd)
+    assert sorted(got) == [f"f{i}".encode() for i in range(6)]
+    assert got[b"f3"][1] == b"\3" * 300 and got[b"f3"][0].st_ino == (sub / "f3").stat().st_ino
+    assert len(few) == 3
+
+
+def test_a_file_changed_after_its_prefetch_is_read_again(tmp_path, monkeypatch):
+    from pkvc import tree
+    root = tmp_path / "src"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "a").write_bytes(b"before")
+    (root / "sub" / "b").write_bytes(b"unchanged")
+    real = tree._prefetch_dir
+
+    def prefetch_then_change(dir_fd, name, params):
+        out = real(dir_fd, name, params)
+        (root / "sub" / "a").write_bytes(b"after, and longer")  # between prefetch and walk
+        return out
+
+    monkeypatch.setattr(tree, "_prefetch_dir", prefetch_then_change)
+    store = MemStore()
+    result = put_path(root, store, chunker=SMALL)
+    assert read_file_bytes(_find_dir(store, result.ref, Path("sub/a")), store) == \
+        b"after, and longer"
+    assert read_file_bytes(_find_dir(store, result.ref, Path("sub/b")), store) == b"unchanged"

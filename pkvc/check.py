@@ -16,15 +16,15 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from pkvc.errors import BackendError, BlobNotFoundError, IntegrityError, SchemaError
+from pkvc.errors import BackendError, BlobNotFoundError, IntegrityError
 from pkvc.index import PLACE
 from pkvc.pack import KIND_DATA, PackEntry
 from pkvc.progress import NO_PROGRESS, Progress
 from pkvc.claims import invalid_claims
 from pkvc.blobref import BlobRef
-from pkvc.repo import READ_AHEAD, READ_THREADS, Repository
+from pkvc.packscan import PackScan, entries_digest, references
+from pkvc.repo import READ_THREADS, Repository
 from pkvc.sessions import RefSet
-from pkvc.schema.anyblob import walk_refs
 
 
 REFERENCE_BATCH = 4096  # schema blobs read together when following references
@@ -71,17 +71,12 @@ def check_repository(repo: Repository, read_data: bool = False,
 class _PackReport:
     """What checking one pack found. `entries`: its header, when the index
     holds something else (the main thread then names the differences);
-    `follow`: its primary schema blobs (None: every schema blob the index
-    does not hide); `unstored` (filled by the data pass): what they
-    reference that was not stored when the check began, as (referencing
-    blob, target); `read`: whether the data pass ran."""
+    `follow`: its primary schema blobs."""
 
     lines: list[str] = field(default_factory=list)
     bytes_read: int = 0
     entries: list[PackEntry] | None = None
     follow: set | None = None
-    unstored: list[tuple[BlobRef, BlobRef]] = field(default_factory=list)
-    read: bool = False
 
 
 @dataclass
@@ -101,29 +96,45 @@ class _IndexFacts:
 def _each_pack(repo: Repository, present: dict[str, int], index: _IndexFacts,
                report: CheckReport, read_data: bool,
                followed: set[str]) -> Iterator[_PackReport]:
-    """Each pack's report in name order. A worker thread reads a pack's
-    header, compares its digest with the index's and, with `read_data`, reads
-    the pack (`_pack_task`), a few packs ahead of this thread, which only
+    """Each pack's report in name order."""
+    if read_data:
+        yield from _each_pack_read(repo, present, index, report, followed)
+        return
+    yield from _each_pack_header(repo, present, index, report)
+
+
+def _each_pack_read(repo: Repository, present: dict[str, int], index: _IndexFacts,
+                    report: CheckReport, followed: set[str]) -> Iterator[_PackReport]:
+    """Every pack read whole on worker processes (`packscan`), ahead of this
+    thread, which meanwhile passes over the index (`_count_index`), then
+    weighs what each scan found against the index."""
+    with repo.pack_scanner() as scanner:
+        scans = scanner.scan(sorted(present.items()))
+        _fill_index_facts(repo, present, report, index)
+        for scan in scans:
+            yield _finish_scan(repo, index, followed, present[scan.pack_id], scan)
+
+
+def _each_pack_header(repo: Repository, present: dict[str, int], index: _IndexFacts,
+                      report: CheckReport) -> Iterator[_PackReport]:
+    """A worker thread reads a pack's header and compares its digest with the
+    index's (`_header_task`), a few packs ahead of this thread, which only
     looks up in the index the entries of headers that disagree with it (one
-    thread: the index). A header lives only while its pack is read. The
-    first packs are read while this thread passes over the index
-    (`_count_index`)."""
-    ahead = READ_AHEAD if read_data else HEADERS_AHEAD
-    hidden = repo.index.hidden
+    thread: the index). The first headers are read while this thread passes
+    over the index (`_count_index`)."""
     pending: deque = deque()
     pool = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="pkvc-check")
     try:
         for n, (pack_id, size) in enumerate(sorted(present.items())):
-            if n == ahead:
+            if n == HEADERS_AHEAD:
                 _fill_index_facts(repo, present, report, index)
-            pending.append((pack_id, pool.submit(_pack_task, repo, pack_id, size, index,
-                                                 read_data, hidden)))
-            while len(pending) > ahead:
-                yield _finish(repo, index, read_data, followed, *pending.popleft())
+            pending.append((pack_id, pool.submit(_header_task, repo, pack_id, size, index)))
+            while len(pending) > HEADERS_AHEAD:
+                yield _finish_header(repo, index, *pending.popleft())
         if not index.ready.is_set():
             _fill_index_facts(repo, present, report, index)
         while pending:
-            yield _finish(repo, index, read_data, followed, *pending.popleft())
+            yield _finish_header(repo, index, *pending.popleft())
     finally:
         index.ready.set()  # (tasks waiting for facts that never came end at once)
         for _, future in pending:
@@ -137,57 +148,72 @@ def _fill_index_facts(repo: Repository, present: dict[str, int], report: CheckRe
     index.ready.set()
 
 
-def _pack_task(repo: Repository, pack_id: str, size: int, index: _IndexFacts, read_data: bool,
-               hidden) -> _PackReport:
-    """In a worker thread (no index): the header, and if the index holds
-    exactly it (`_count_index`'s digest), with `read_data` the pack's data.
-    A pack of data blobs only is read before the index facts are needed
-    (its result depends on them only for naming a disagreement)."""
+def _header_task(repo: Repository, pack_id: str, size: int, index: _IndexFacts) -> _PackReport:
+    """In a worker thread (no index): the header, and whether the index holds
+    exactly it (`_count_index`'s digest)."""
     found = _PackReport()
     try:
         entries = repo.read_pack_header(pack_id, size)
     except (IntegrityError, BackendError) as e:
         found.lines.append(f"pack {pack_id}: {e}")
         return found
-    digest = _entries_digest(entries)
-    if read_data and all(e.kind == KIND_DATA for e in entries):
-        _read_pack(repo, pack_id, entries, found, None, hidden)
+    digest = entries_digest(entries)
     index.ready.wait()
-    if index.stored is None:
-        return found  # (the pass over the index failed: the main thread raised)
-    if len(entries) != index.per_pack.get(pack_id, 0) or digest != index.digests.get(pack_id):
+    if index.stored is not None and not _agrees(index, pack_id, len(entries), digest):
         found.entries = entries
-        return found
-    if read_data and not found.read:
-        _read_pack(repo, pack_id, entries, found, index.stored, hidden)
     return found
 
 
-def _entries_digest(entries: list[PackEntry]) -> bytes:
-    """What `_count_index` makes of the index's entries of a pack: the SHA-256
-    of their `_entry_bytes` in ref-key order."""
-    records = [_entry_bytes(e.ref.to_key(), e.offset, e.length) for e in entries]
-    if len({r[0] for r in records}) == 1:
-        records.sort()  # (keys of one width: in key order)
-    else:
-        records.sort(key=lambda r: r[1:1 + r[0]])
-    return hashlib.sha256(b"".join(records)).digest()
+def _agrees(index: _IndexFacts, pack_id: str, count: int, digest: bytes) -> bool:
+    return count == index.per_pack.get(pack_id, 0) and digest == index.digests.get(pack_id)
 
 
-def _finish(repo: Repository, index: _IndexFacts, read_data: bool, followed: set[str],
-            pack_id: str, future: Future) -> _PackReport:
+def _finish_header(repo: Repository, index: _IndexFacts, pack_id: str,
+                   future: Future) -> _PackReport:
     found = future.result()
     if found.entries is not None:
         entries, found.entries = found.entries, None
         _compare_with_index(repo, pack_id, entries, index.per_pack.get(pack_id, 0), found)
-        if read_data and not found.read:  # (here: rare, a damaged index)
-            _read_pack(repo, pack_id, entries, found, index.stored, repo.index.hidden)
-    if found.read:
-        followed.add(pack_id)
-    for ref, target in found.unstored:
-        if not repo.has(target):  # (written since the check began)
-            found.lines.append(_missing(target, ref))
-    found.unstored = []
+    return found
+
+
+def _finish_scan(repo: Repository, index: _IndexFacts, followed: set[str], size: int,
+                 scan: PackScan) -> _PackReport:
+    """A pack's `PackScan` as a report: its damaged blobs, and the references
+    of its schema blobs (those the index holds as they are in the header, or
+    all but hidden ones when the index holds the header exactly) that point
+    to blobs not stored."""
+    pack_id, hidden = scan.pack_id, repo.index.hidden
+    found = _PackReport(bytes_read=scan.bytes_read)
+    if scan.error is not None:
+        found.lines.append(scan.error)
+    if not scan.entries_digest:
+        return found  # (its header could not be read: its schema blobs are followed by ref)
+    followed.add(pack_id)
+    follow = None
+    if not _agrees(index, pack_id, scan.entries, scan.entries_digest):
+        try:
+            entries = repo.read_pack_header(pack_id, size)
+        except (IntegrityError, BackendError) as e:
+            found.lines.append(f"pack {pack_id}: {e}")
+            entries = []
+        _compare_with_index(repo, pack_id, entries, index.per_pack.get(pack_id, 0), found)
+        follow = {ref.to_key() for ref in found.follow}
+
+    def followed_schema(key: bytes) -> bool:
+        return not (hidden and key in hidden) if follow is None else key in follow
+
+    for key, kind, problem in scan.bad:
+        found.lines.append(problem)
+        if kind != KIND_DATA and followed_schema(key):
+            found.lines.append(f"schema blob {BlobRef.from_key(key)}: {problem}")
+    stored = index.stored
+    for key, targets in scan.refs:
+        unstored = [BlobRef.from_key(t) for t in targets if t not in stored]
+        if unstored and followed_schema(key):
+            _check_targets(repo, stored, BlobRef.from_key(key), unstored, found.lines)
+    if scan.digest and scan.digest != pack_id:
+        found.lines.append(f"pack {pack_id}: content does not match its name (damaged)")
     return found
 
 
@@ -201,7 +227,7 @@ def _count_index(repo: Repository, present: dict[str, int], report: CheckReport,
     hidden = repo.index.hidden
     by_raw = {bytes.fromhex(pack_id): pack_id for pack_id in present}
     width = [bytes((n,)) for n in range(256)]
-    records: dict[str, list[bytes]] = {}  # pack -> entries as `_entry_bytes` not hashed yet
+    records: dict[str, list[bytes]] = {}  # pack -> entries as `entry_bytes` not hashed yet
     hashes: dict = {}
 
     def hash_records() -> None:
@@ -230,7 +256,7 @@ def _count_index(repo: Repository, present: dict[str, int], report: CheckReport,
             if group is None:
                 group = records[pack_id] = []
                 hashes[pack_id] = hashlib.sha256()
-            group.append(width[len(key)] + key + place)  # (`_entry_bytes`, in key order)
+            group.append(width[len(key)] + key + place)  # (`entry_bytes`, in key order)
 
     stored = RefSet.from_sorted(keys())
     hash_records()
@@ -260,56 +286,6 @@ def _compare_with_index(repo: Repository, pack_id: str, entries: list[PackEntry]
     if agreeing < indexed:
         found.lines.append(f"pack {pack_id}: the index lists {indexed - agreeing} blobs "
                            "its header does not hold (run reindex)")
-
-
-def _entry_bytes(key: bytes, offset: int, length: int) -> bytes:
-    """An entry as the index and a header must agree on: its ref key, offset and length."""
-    return bytes([len(key)]) + key + PLACE.pack(offset, length)
-
-
-def _read_pack(repo: Repository, pack_id: str, entries: list[PackEntry], found: _PackReport,
-               stored: RefSet, hidden) -> None:
-    """Every byte of the pack against its name, every blob against its ref, and
-    the references of its schema blobs followed (`found.follow`; None: all but
-    `hidden` ones) tested against `stored` (in a worker thread: no index;
-    `_finish` asks it about the few not stored)."""
-    follow = found.follow
-
-    def followed(e: PackEntry) -> bool:
-        if e.kind == KIND_DATA:
-            return False
-        if follow is None:
-            return not (hidden and e.ref in hidden)
-        return e.ref in follow
-
-    def on_blob(e: PackEntry, raw) -> None:
-        if isinstance(raw, IntegrityError):
-            problem = f"blob {e.ref} in pack {pack_id}: {raw}"
-        elif not e.ref.matches(raw):
-            problem = f"blob {e.ref} in pack {pack_id} does not match its ref"
-        else:
-            if followed(e):
-                found.unstored += [(e.ref, t) for t in _targets(raw) if t not in stored]
-            return
-        found.lines.append(problem)
-        if followed(e):
-            found.lines.append(f"schema blob {e.ref}: {problem}")
-
-    found.read = True
-    try:
-        digest, found.bytes_read = repo.scan_pack(pack_id, entries, on_blob)
-    except BackendError as e:
-        found.lines.append(f"pack {pack_id}: {e}")
-        return
-    if digest != pack_id:
-        found.lines.append(f"pack {pack_id}: content does not match its name (damaged)")
-
-
-def _targets(data: bytes) -> list[BlobRef]:
-    try:
-        return walk_refs(data)
-    except (SchemaError, ValueError, TypeError):
-        return []  # JSON that only looks like schema is data, not damage
 
 
 def _check_targets(repo: Repository, stored: RefSet, ref: BlobRef, targets: list[BlobRef],
@@ -344,7 +320,7 @@ def _follow(repo: Repository, stored: RefSet, refs: list[BlobRef], report: Check
     done: set[BlobRef] = set()
     try:
         for ref, data in repo.get_many(refs):
-            _check_targets(repo, stored, ref, _targets(data), report.problems)
+            _check_targets(repo, stored, ref, references(data), report.problems)
             done.add(ref)
             progress.advance()
     except (IntegrityError, BackendError, BlobNotFoundError):
@@ -356,5 +332,5 @@ def _follow(repo: Repository, stored: RefSet, refs: list[BlobRef], report: Check
             except (IntegrityError, BackendError, BlobNotFoundError) as e:
                 report.problems.append(f"schema blob {ref}: {e}")
                 continue
-            _check_targets(repo, stored, ref, _targets(data), report.problems)
+            _check_targets(repo, stored, ref, references(data), report.problems)
             progress.advance()

@@ -19,7 +19,6 @@ condemns (garbage in transit); `all_locations` lists every copy.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import threading
@@ -43,6 +42,7 @@ from pkvc.pack import (KIND_DATA, KIND_SCHEMA, KIND_SIGNED, TARGET_PACK_SIZE, Fi
                        PackEntry, PackWriter, open_blob, open_blob_view, pack_data_size,
                        pack_id_from_name, pack_name, read_header)
 from pkvc.packer import Packer
+from pkvc.packscan import PackScanner, scan_blobs
 from pkvc.progress import NO_PROGRESS, Progress
 from pkvc.sessions import (DEFAULT_TTL, KIND_WRITE, PLAN_PURPOSE, SESSION_PURPOSE, Lease,
                            LeaseExpiredError, PlanStore, PlanView, SessionStore)
@@ -60,7 +60,6 @@ READ_SPAN = 4 * 1024 * 1024
 READ_GAP = 256 * 1024  # blobs closer than this share one read
 READ_AHEAD = 3
 READ_THREADS = 2
-SCAN_PIECE = 1024 * 1024  # scan_pack reads a whole pack in pieces of this size
 
 
 @dataclass(frozen=True)
@@ -730,44 +729,12 @@ class Repository:
     def scan_pack(self, pack_id: str, entries: list[PackEntry],
                   on_blob: Callable[[PackEntry, "bytes | memoryview | IntegrityError"], None],
                   ) -> tuple[str, int]:
-        """Read a pack front to back in pieces of about SCAN_PIECE bytes, each
-        ending where a blob ends (memory: one piece and one blob; no bytes kept
-        across pieces), opening each entry's blob and handing it (bytes, or a
-        read-only view: `open_blob_view`), or the IntegrityError opening it
-        raised, to `on_blob` in offset order; the caller checks it against its
-        ref. Returns the SHA-256 (hex) of every byte of the pack, and how many.
-        Safe to run in a worker thread."""
-        name = pack_name(pack_id)
-        digest, end, eof = hashlib.sha256(), 0, False
+        """`packscan.scan_blobs` of one pack of this repository, in this process."""
+        return scan_blobs(self.backend, self._data_key, pack_id, entries, on_blob)
 
-        def read_to(stop: int) -> tuple[memoryview, int]:
-            nonlocal end, eof
-            start, chunk = end, self.backend.load(name, end, stop - end)
-            digest.update(chunk)
-            end += len(chunk)
-            eof = end < stop
-            return memoryview(chunk), start
-
-        piece, start = memoryview(b""), 0
-        for group in _scan_groups(entries):
-            if not eof:
-                piece, start = read_to(group[-1].offset + group[-1].length)
-            for e in group:
-                if e.offset >= start:
-                    sealed = piece[e.offset - start:e.offset - start + e.length]
-                else:  # overlaps an earlier piece (a header no writer makes)
-                    sealed = self.backend.load(name, e.offset, e.length)
-                try:
-                    if len(sealed) != e.length:
-                        raise IntegrityError(f"pack {pack_id} is truncated (blob {e.ref})")
-                    on_blob(e, open_blob_view(self._data_key, e, sealed))
-                except IntegrityError as err:
-                    on_blob(e, err)
-                del sealed
-        del piece
-        while not eof:
-            read_to(end + SCAN_PIECE)
-        return digest.hexdigest(), end
+    def pack_scanner(self) -> PackScanner:
+        """Reads whole packs on worker processes (`packscan`), for check's data pass."""
+        return PackScanner(self.backend, self._data_key, READ_THREADS)
 
     def load_pack(self, pack_id: str) -> bytes:
         return self.backend.load(pack_name(pack_id))
@@ -819,19 +786,6 @@ def _verified(ref: BlobRef, loc: Location, data: bytes) -> bytes:
     if not ref.matches(data):
         raise IntegrityError(f"blob {ref} in pack {loc.pack_id} does not match its ref")
     return data
-
-
-def _scan_groups(entries: list[PackEntry]) -> Iterator[list[PackEntry]]:
-    """Entries in offset order, in runs that span at most SCAN_PIECE bytes
-    (a bigger blob alone): what `scan_pack` reads at once."""
-    group: list[PackEntry] = []
-    for e in sorted(entries, key=lambda e: e.offset):
-        if group and e.offset + e.length - group[0].offset > SCAN_PIECE:
-            yield group
-            group = []
-        group.append(e)
-    if group:
-        yield group
 
 
 @dataclass

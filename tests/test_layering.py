@@ -17,7 +17,7 @@ LAYERS = {
     "pkvc.retention": 1, "pkvc.chunkfeed": 1,
     "pkvc.backends": 2, "pkvc.gpg": 2,
     "pkvc.pack": 3, "pkvc.packer": 3,
-    "pkvc.index": 4, "pkvc.keyslots": 4,
+    "pkvc.index": 4, "pkvc.keyslots": 4, "pkvc.packscan": 4,
     "pkvc.repo": 5, "pkvc.sessions": 5,
     "pkvc.tree": 6, "pkvc.restore": 6, "pkvc.excludes": 6, "pkvc.filecache": 6,
     "pkvc.identity": 7, "pkvc.claims": 7, "pkvc.series": 7, "pkvc.snapshot": 7,

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from pkvc import repo as repo_mod
+from pkvc import packscan, repo as repo_mod
 from pkvc.backends.local import LocalBackend
 from pkvc.blobref import BlobRef
 from pkvc.errors import BlobNotFoundError, IntegrityError
@@ -168,7 +168,7 @@ def test_scan_pack_hashes_every_byte_and_opens_every_blob(many, repo_path):
 def test_scan_pack_in_pieces_smaller_than_its_blobs_and_of_a_truncated_pack(many, repo_path,
                                                                            monkeypatch):
     r, blobs = many
-    monkeypatch.setattr(repo_mod, "SCAN_PIECE", 4096)  # blobs of 5000 and 40000 bytes span pieces
+    monkeypatch.setattr(packscan, "SCAN_PIECE", 4096)  # blobs of 5000 and 40000 bytes span pieces
     pack_id, size = max(r.list_packs().items(), key=lambda item: item[1])
     entries = r.read_pack_header(pack_id, size)
     seen = {}

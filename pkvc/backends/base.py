@@ -70,6 +70,10 @@ class Backend(ABC):
 
     #: Where the objects live, as the user would write it.
     location: str
+    #: Whether a forked process may read through its copy of this object
+    #: (`packscan`): true where it holds no connection or buffer that the
+    #: parent's copy goes on using (files opened per call).
+    reads_after_fork: bool = False
 
     @abstractmethod
     def store(self, name: str, data) -> None:

@@ -28,6 +28,8 @@ def from_url(url: str) -> "LocalBackend | None":
 class LocalBackend(Backend):
     """Objects are files below `root`; writes go through temp + fsync + rename."""
 
+    reads_after_fork = True  # (each read opens the file)
+
     def __init__(self, root):
         self.root = Path(root).expanduser().absolute()
         self.location = str(self.root)

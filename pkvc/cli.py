@@ -719,9 +719,10 @@ def fewer_malloc_arenas() -> bool:
     core, each keeping what it freed) at two, for a snapshot: its pipeline's
     threads pass big buffers along, and a first snapshot of the 2 GiB bench
     tree peaked at 156-166 MiB RSS with an arena each, 141-145 MiB with two,
-    no slower (one: 137 MiB, 10% slower). Not for other commands: check's
-    two workers ran 10-20% slower sharing two (or three) arenas. Whether it
-    was set: False where the C library has no such setting (not glibc)."""
+    no slower (one: 137 MiB, 10% slower). Not for other commands: threads
+    that decode blobs side by side (check's, before it used processes) ran
+    10-20% slower sharing two (or three) arenas. Whether it was set: False
+    where the C library has no such setting (not glibc)."""
     try:
         return ctypes.CDLL(None).mallopt(_M_ARENA_MAX, MALLOC_ARENAS) == 1
     except (OSError, AttributeError):

@@ -17,7 +17,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from pkvc.errors import BackendError, BlobNotFoundError, IntegrityError
-from pkvc.index import PLACE
 from pkvc.pack import KIND_DATA, PackEntry
 from pkvc.progress import NO_PROGRESS, Progress
 from pkvc.claims import invalid_claims

@@ -39,7 +39,7 @@ from pkvc.errors import (BackendError, BlobNotFoundError, IntegrityError, NoRepo
                          PkvcError, RepositoryExistsError, UsageError)
 from pkvc.index import Index, Location, LocationColumns
 from pkvc.pack import (KIND_DATA, KIND_SCHEMA, KIND_SIGNED, TARGET_PACK_SIZE, FinishedPack,
-                       PackEntry, PackWriter, open_blob, open_blob_view, pack_data_size,
+                       PackEntry, PackWriter, open_blob, pack_data_size,
                        pack_id_from_name, pack_name, read_header)
 from pkvc.packer import Packer
 from pkvc.packscan import PackScanner, scan_blobs

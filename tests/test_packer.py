@@ -243,33 +243,36 @@ def test_packs_stream_to_the_backend_or_go_whole_to_one_without_uploads(tmp_path
 
 
 class _FailingWrites(LocalBackend):
-    """A real local backend where one pack write fails, once, after `room`
-    writes: in the middle of a pack (`where="write"`) or when a pack's temp
-    file is made (`where="open"`); later calls would succeed again."""
+    """A real local backend where one pack write fails, once: the first write
+    into a pack's temp file once `room` bytes were written (`where="write"`:
+    counted in bytes, not calls, which the packer's batching varies), or the
+    making of a pack temp file after `room` were made (`where="open"`);
+    later calls would succeed again."""
 
     def __init__(self, root, room: int, where: str = "write"):
         super().__init__(root)
-        self.room, self.where = room, where
+        self.room, self.where, self.failed = room, where, False
 
-    def _fails(self, where):
-        if where == self.where:
-            self.room -= 1
-            if self.room == -1:
-                raise BackendError("cannot write a pack: No space left on device")
+    def _fail(self) -> None:
+        self.failed = True
+        raise BackendError("cannot write a pack: No space left on device")
 
     def upload(self, folder):
-        self._fails("open")
+        if self.where == "open" and not self.failed:
+            self.room -= 1
+            if self.room < 0:
+                self._fail()
         upload, backend = super().upload(folder), self
 
         class Filling:
             commit, abort = upload.commit, upload.abort
 
             def write(self, data):
-                try:
-                    backend._fails("write")
-                except BackendError:
-                    upload.abort()
-                    raise
+                if backend.where == "write" and not backend.failed:
+                    if backend.room <= 0:
+                        upload.abort()
+                        backend._fail()
+                    backend.room -= len(data)
                 upload.write(data)
         return Filling()
 
@@ -279,7 +282,7 @@ def test_a_write_failing_inside_a_pack_stores_no_damaged_pack(tmp_path, where):
     src = _rich_tree_with_data(tmp_path / "src")
     backend = _FailingWrites(tmp_path / "repo", room=10**9, where=where)
     repo = _create(tmp_path, backend)
-    backend.room = 25 if where == "write" else 3
+    backend.room = 256 * KiB if where == "write" else 3  # (the tree makes > 10 packs of 64 KiB)
     with pytest.raises(BackendError, match="No space left on device"):
         put_path(src, repo, chunker=SMALL_CHUNKS)
         repo.flush()

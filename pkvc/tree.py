@@ -230,13 +230,13 @@ class _DirFrame:
     ahead: deque = field(default_factory=deque)
     jobs: list = field(default_factory=list)  # read-ahead jobs that use `fd`
     scanned: int = 0  # names[:scanned] are in `ahead` or done
+    # Small files read before the walk came here (`_prefetch_dir`): name -> (fstat, content)
+    prefetched: dict | None = None
     # Refs still coming (None in `refs` until then): files in the chunk feed,
     # subdirectories that wait for theirs. A frame walked to its end while
     # some are still coming is finished when the last one comes, keeping
     # its fd open until then; `parent`/`slot`: where its own ref goes then,
     # `ref`: the top frame's ref once finished.
-    # Small files read before the walk came here (`_prefetch_dir`): name -> (fstat, content)
-    prefetched: dict | None = None
     waiting: int = 0
     walked: bool = False
     parent: "_DirFrame | None" = None
@@ -745,12 +745,7 @@ def _read_block(dir_fd: int, files: list[bytes], dirs: list[bytes], params) -> l
     results: list = []
     for name in files:
         try:
-            fd = _open_for_reading(dir_fd, name)
-            try:
-                st = _fstat_file(fd)
-                results.append((st, read_small(fd, st, params)))
-            finally:
-                os.close(fd)
+            results.append(_read_small_file(dir_fd, name, params))
         except OSError as e:
             results.append(e)
     for name in dirs:
@@ -780,22 +775,28 @@ def _prefetch_dir(dir_fd: int, name: bytes, params) -> dict:
             if budget <= 0:
                 break
             try:
-                file_fd = _open_for_reading(fd, file)
-                try:
-                    st = _fstat_file(file_fd)
-                    if st.st_size >= params.min_size:
-                        continue
-                    out[file] = (st, read_small(file_fd, st, params))
-                    budget -= st.st_size
-                finally:
-                    os.close(file_fd)
+                st, content = _read_small_file(fd, file, params)
             except OSError:
                 continue
+            if st.st_size < params.min_size:
+                out[file] = (st, content)
+                budget -= st.st_size
     except OSError:
         pass
     finally:
         os.close(fd)
     return out
+
+
+def _read_small_file(dir_fd: int, name: bytes, params) -> tuple[os.stat_result, bytes | None]:
+    """A file's fstat and its content, when it is one chunk (`read_small`;
+    None otherwise, unread)."""
+    fd = _open_for_reading(dir_fd, name)
+    try:
+        st = _fstat_file(fd)
+        return st, read_small(fd, st, params)
+    finally:
+        os.close(fd)
 
 
 def _same_file(st: os.stat_result, read: os.stat_result) -> bool:

@@ -78,6 +78,14 @@ def entries_digest(entries: list[PackEntry]) -> bytes:
     return hashlib.sha256(b"".join(records)).digest()
 
 
+def read_pack_header(backend: Backend, data_key: bytes, pack_id: str,
+                     size: int) -> list[PackEntry]:
+    """The header of the pack `pack_id` of `size` bytes (two reads at most)."""
+    name = pack_name(pack_id)
+    return read_header(data_key, lambda off, n: backend.load(name, off, n), size,
+                       f"pack {pack_id}")
+
+
 def scan_blobs(backend: Backend, data_key: bytes, pack_id: str, entries: list[PackEntry],
                on_blob: Callable[[PackEntry, "bytes | memoryview | IntegrityError"], None],
                ) -> tuple[str, int]:
@@ -138,8 +146,7 @@ def scan_pack(backend: Backend, data_key: bytes, pack_id: str, size: int) -> Pac
     ref, and the references of the blobs that are not data."""
     scan = PackScan(pack_id)
     try:
-        entries = read_header(data_key, lambda off, n: backend.load(pack_name(pack_id), off, n),
-                              size, f"pack {pack_id}")
+        entries = read_pack_header(backend, data_key, pack_id, size)
     except (IntegrityError, BackendError) as e:
         scan.error = f"pack {pack_id}: {e}"
         return scan

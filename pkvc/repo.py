@@ -42,7 +42,7 @@ from pkvc.pack import (KIND_DATA, KIND_SCHEMA, KIND_SIGNED, TARGET_PACK_SIZE, Fi
                        PackEntry, PackWriter, open_blob, pack_data_size,
                        pack_id_from_name, pack_name, read_header)
 from pkvc.packer import Packer
-from pkvc.packscan import PackScanner, scan_blobs
+from pkvc.packscan import PackScanner, read_pack_header, scan_blobs
 from pkvc.progress import NO_PROGRESS, Progress
 from pkvc.sessions import (DEFAULT_TTL, KIND_WRITE, PLAN_PURPOSE, SESSION_PURPOSE, Lease,
                            LeaseExpiredError, PlanStore, PlanView, SessionStore)
@@ -722,9 +722,7 @@ class Repository:
         return {pack_id_from_name(i.name): i.size for i in self.backend.list(PACKS)}
 
     def read_pack_header(self, pack_id: str, size: int) -> list[PackEntry]:
-        name = pack_name(pack_id)
-        return read_header(self._data_key, lambda off, n: self.backend.load(name, off, n),
-                           size, f"pack {pack_id}")
+        return read_pack_header(self.backend, self._data_key, pack_id, size)
 
     def scan_pack(self, pack_id: str, entries: list[PackEntry],
                   on_blob: Callable[[PackEntry, "bytes | memoryview | IntegrityError"], None],

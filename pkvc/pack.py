@@ -5,7 +5,7 @@ Layout of a pack (all integers little-endian):
     blob_0 | blob_1 | ... | blob_n-1 | header | header_length (u32)
 
 Each `blob_i` is `seal(data_key, payload, ad=blobref key)` where payload is
-the blob, zstd-compressed when that makes it smaller. `header` is
+the blob, zstd-compressed when that makes it smaller (`pkvc.compression`). `header` is
 `seal(data_key, entries, ad=HEADER_AD)`; its entries give each blob's ref,
 kind, compression, offset, sealed length and raw length. So a pack can be
 read without any index, which is what makes the index a mere cache. A pack
@@ -16,29 +16,23 @@ from __future__ import annotations
 
 import hashlib
 import struct
-import threading
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
-import zstandard
-
 from pkvc import crypto
 from pkvc.blobref import BlobRef
+from pkvc.compression import BlobCompressor, decompress
 from pkvc.errors import IntegrityError
 
 HEADER_VERSION = 1
 HEADER_AD = b"pkvc pack header v1"
 TARGET_PACK_SIZE = 16 * 1024 * 1024
-ZSTD_LEVEL = 3
 TAIL_READ = 64 * 1024
 
 KIND_DATA = 0  # raw bytes: file chunks, key blobs, anything not schema
 KIND_SCHEMA = 1  # unsigned schema blob (file, directory, static-set, ...)
 KIND_SIGNED = 2  # signed schema blob (permanode, claim)
 KIND_NAMES = {KIND_DATA: "data", KIND_SCHEMA: "schema", KIND_SIGNED: "signed"}
-
-COMPRESSION_NONE = 0
-COMPRESSION_ZSTD = 1
 
 _ENTRY_FIXED = struct.Struct("<BBQII")  # kind, compression, offset, length, raw_length
 _TRAILER = struct.Struct("<I")
@@ -72,30 +66,25 @@ class FinishedPack:
     size: int  # bytes of the whole pack
 
 
-def seal_blob(data_key: bytes, compressor: zstandard.ZstdCompressor, ref: BlobRef,
-              raw) -> tuple[int, bytes]:
+def seal_blob(data_key: bytes, compressor: BlobCompressor, ref: BlobRef,
+              raw, kind: int) -> tuple[int, bytes]:
     """(compression, sealed bytes) of one blob: zstd if that makes it smaller.
 
     Pure and thread-safe given a compressor per thread (zstd and libsodium
     release the GIL), so `pkvc.packer` runs it on a pool of threads.
     """
-    compressed = compressor.compress(raw)
-    if len(compressed) < len(raw):
-        payload, compression = compressed, COMPRESSION_ZSTD
-    else:
-        payload, compression = raw, COMPRESSION_NONE
+    compression, payload = compressor.compress(raw, schema=kind != KIND_DATA)
     return compression, crypto.seal(data_key, payload, ref.to_key())
 
 
 class PackWriter:
     """Accumulates sealed blobs in memory until the pack is big enough."""
 
-    def __init__(self, data_key: bytes, level: int = ZSTD_LEVEL):
+    def __init__(self, data_key: bytes):
         self._key = data_key
         self._buf = bytearray()
         self._entries: list[PackEntry] = []
-        self._level = level
-        self._zstd: zstandard.ZstdCompressor | None = None
+        self._compressor: BlobCompressor | None = None
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -106,9 +95,9 @@ class PackWriter:
 
     def add(self, ref: BlobRef, raw, kind: int) -> PackEntry:
         """Compress if it helps, seal, append; returns the new entry."""
-        if self._zstd is None:
-            self._zstd = zstandard.ZstdCompressor(level=self._level)
-        compression, sealed = seal_blob(self._key, self._zstd, ref, raw)
+        if self._compressor is None:
+            self._compressor = BlobCompressor()
+        compression, sealed = seal_blob(self._key, self._compressor, ref, raw, kind)
         return self.append(ref, kind, compression, sealed, len(raw))
 
     def append(self, ref: BlobRef, kind: int, compression: int, sealed, raw_length: int) -> PackEntry:
@@ -190,18 +179,6 @@ def read_header(data_key: bytes, load: Callable[[int, int | None], bytes], size:
     return entries
 
 
-_local = threading.local()
-
-
-def _decompressor() -> zstandard.ZstdDecompressor:
-    """One decompressor per thread: making one costs ~25 us (a CPU probe), more
-    than decompressing a small blob; one object is not safe across threads."""
-    dctx = getattr(_local, "dctx", None)
-    if dctx is None:
-        dctx = _local.dctx = zstandard.ZstdDecompressor()
-    return dctx
-
-
 def open_blob(data_key: bytes, entry: PackEntry, sealed) -> bytes:
     """Decrypt and decompress one blob; the caller checks it against its ref."""
     plain = open_blob_view(data_key, entry, sealed)
@@ -211,15 +188,9 @@ def open_blob(data_key: bytes, entry: PackEntry, sealed) -> bytes:
 def open_blob_view(data_key: bytes, entry: PackEntry, sealed) -> "bytes | memoryview":
     """`open_blob` without the copy of a blob stored uncompressed (a read-only
     view then): for callers that only hash or write the bytes."""
-    payload = crypto.unseal_view(data_key, sealed, entry.ref.to_key(), f"blob {entry.ref}")
-    if entry.compression == COMPRESSION_ZSTD:
-        try:
-            return _decompressor().decompress(payload, max_output_size=entry.raw_length)
-        except zstandard.ZstdError:
-            raise IntegrityError(f"blob {entry.ref} does not decompress") from None
-    if entry.compression != COMPRESSION_NONE:
-        raise IntegrityError(f"blob {entry.ref} has unknown compression {entry.compression}")
-    return payload
+    what = f"blob {entry.ref}"
+    payload = crypto.unseal_view(data_key, sealed, entry.ref.to_key(), what)
+    return decompress(entry.compression, payload, entry.raw_length, what)
 
 
 def pack_data_size(entries: list[PackEntry]) -> int:

@@ -37,11 +37,10 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 
-import zstandard
-
 from pkvc.blobref import BlobRef
+from pkvc.compression import BlobCompressor
 from pkvc.errors import BackendError
-from pkvc.pack import (KIND_DATA, ZSTD_LEVEL, FinishedPack, PackEntry, pack_name, pack_tail,
+from pkvc.pack import (KIND_DATA, FinishedPack, PackEntry, pack_name, pack_tail,
                        seal_blob)
 
 BATCH_BYTES = 1024 * 1024  # a batch is handed to the pool at this size...
@@ -79,9 +78,8 @@ class Packer:
     """
 
     def __init__(self, data_key: bytes, pack_size: int, open_upload: Callable[[], object],
-                 stored: Callable[[FinishedPack], None], *, threads: int | None = None,
-                 level: int = ZSTD_LEVEL):
-        self._key, self._pack_size, self._level = data_key, pack_size, level
+                 stored: Callable[[FinishedPack], None], *, threads: int | None = None):
+        self._key, self._pack_size = data_key, pack_size
         self._open_upload, self._stored = open_upload, stored
         self._threads = threads or SEAL_THREADS
         self._packs = {False: _OpenPack(), True: _OpenPack()}  # by is-schema
@@ -245,13 +243,13 @@ class Packer:
     # -- the pool's threads ---------------------------------------------
 
     def _seal(self, batch: _Batch) -> _Sealed:
-        compressor = getattr(self._local, "zstd", None)
+        compressor = getattr(self._local, "compressor", None)
         if compressor is None:  # a compressor is not safe to share between threads
-            compressor = self._local.zstd = zstandard.ZstdCompressor(level=self._level)
+            compressor = self._local.compressor = BlobCompressor()
         sealed = []
         while batch:  # drop each blob's bytes as soon as it is sealed
-            ref, raw, _ = batch.pop(0)
-            sealed.append((*seal_blob(self._key, compressor, ref, raw), len(raw)))
+            ref, raw, kind = batch.pop(0)
+            sealed.append((*seal_blob(self._key, compressor, ref, raw, kind), len(raw)))
         return sealed
 
     # -- the store thread -----------------------------------------------

@@ -1,5 +1,6 @@
 """The pack format: what goes in comes out, and any tampering is caught."""
 
+import hashlib
 import os
 
 import pytest
@@ -8,7 +9,9 @@ from hypothesis import given, settings, strategies as st
 from pkvc import crypto
 from pkvc.blobref import BlobRef
 from pkvc.errors import IntegrityError
-from pkvc.pack import (COMPRESSION_NONE, COMPRESSION_ZSTD, KIND_DATA, KIND_SCHEMA, PackWriter,
+from pkvc.compression import (COMPRESSION_NONE, COMPRESSION_ZSTD, COMPRESSION_ZSTD_SCHEMA_1,
+                              SCHEMA_DICTIONARY_1, BlobCompressor, decompress)
+from pkvc.pack import (KIND_DATA, KIND_SCHEMA, KIND_SIGNED, PackWriter,
                        decode_header, encode_header, open_blob, open_blob_view, read_header)
 
 KEY = bytes(range(32))
@@ -56,6 +59,59 @@ def test_compression_only_when_it_helps():
     assert compressible.compression == COMPRESSION_ZSTD
     assert compressible.length < 200
     assert incompressible.compression == COMPRESSION_NONE
+
+
+FILE_SCHEMA = b"""{"camliVersion": 1,
+  "camliType": "file",
+  "fileName": "notes-2026.md",
+  "parts": [
+    {
+      "blobRef": "sha224-1053463d383dc1e87f06fff34b3c6a2d340d91e184d46d70144ffa5a",
+      "size": 5123
+    }
+  ],
+  "unixGroup": "alice",
+  "unixGroupId": 1000,
+  "unixMtime": "2026-03-01T09:30:12.5Z",
+  "unixOwner": "alice",
+  "unixOwnerId": 1000,
+  "unixPermission": "0600"
+}"""
+
+
+def test_schema_blobs_are_compressed_against_the_schema_dictionary():
+    writer = PackWriter(KEY)
+    as_schema = writer.add(BlobRef.of(FILE_SCHEMA), FILE_SCHEMA, KIND_SCHEMA)
+    as_signed = writer.add(BlobRef.of(FILE_SCHEMA + b" "), FILE_SCHEMA + b" ", KIND_SIGNED)
+    as_data = writer.add(BlobRef.of(FILE_SCHEMA + b"  "), FILE_SCHEMA + b"  ", KIND_DATA)
+    assert as_schema.compression == as_signed.compression == COMPRESSION_ZSTD_SCHEMA_1
+    assert as_data.compression == COMPRESSION_ZSTD  # file contents never use the dictionary
+    # the dictionary is what makes a lone schema blob small: 140 bytes against 248 here
+    overhead = crypto.SEAL_OVERHEAD
+    assert as_schema.length - overhead < 0.7 * (as_data.length - overhead)
+    pack = writer.finish()
+    entries = read_header(KEY, _loader(pack.data), len(pack.data))
+    for e in entries:
+        assert open_blob(KEY, e, pack.data[e.offset:e.offset + e.length]).startswith(FILE_SCHEMA)
+
+
+def test_schema_dictionary_never_changes():
+    """Blobs already stored decompress only against these exact bytes; a
+    better dictionary must take a new compression id."""
+    assert hashlib.sha256(SCHEMA_DICTIONARY_1).hexdigest() == (
+        "0de0ed0c37f2dc5c90ecc07f05edc6d43060e9f2b999a602ec40bdee074d2ab5")
+
+
+def test_decompress_refuses_what_it_cannot_read():
+    compression, payload = BlobCompressor().compress(FILE_SCHEMA, schema=True)
+    assert compression == COMPRESSION_ZSTD_SCHEMA_1
+    assert decompress(compression, payload, len(FILE_SCHEMA), "blob x") == FILE_SCHEMA
+    with pytest.raises(IntegrityError, match="blob x does not decompress"):
+        decompress(COMPRESSION_ZSTD, payload, len(FILE_SCHEMA), "blob x")  # needs the dictionary
+    with pytest.raises(IntegrityError, match="blob x has unknown compression 9"):
+        decompress(9, payload, len(FILE_SCHEMA), "blob x")
+    incompressible = os.urandom(300)
+    assert BlobCompressor().compress(incompressible, schema=True) == (COMPRESSION_NONE, incompressible)
 
 
 def test_backend_sees_no_plaintext_or_blobref():

@@ -114,6 +114,11 @@ _CATEGORIES = [
 
 
 _LEAF_ONLY = ("file I/O system calls", "waiting (subprocess, lock, sleep)")
+# Native frames that block the thread on a lock: where libc's own frames
+# have no symbols (as on the Intel host of 2026-12-05), the futex call under
+# them is an unnamed libc frame, which would otherwise count as memory work.
+_BLOCKING = ("PyThread_acquire_lock", "pthread_mutex_lock", "sem_wait", "sem_timedwait",
+             "sem_clockwait")
 _LIBRARIES = ("zstd", "SHA-2 (OpenSSL libcrypto)", "Argon2id key derivation (libsodium)",
               "XChaCha20-Poly1305 (libsodium)", "RocksDB (rocksdict)", "FastCDC",
               "Python's cyclic garbage collector")
@@ -126,7 +131,8 @@ def _match(frame: str, label: str) -> bool:
 def category(frames: list[str]) -> str:
     """What a sample is doing: a system call or wait by its innermost frame;
     otherwise the library of the innermost native code below the innermost
-    Python frame (inlined SIMD helpers have no library of their own);
+    Python frame (inlined SIMD helpers have no library of their own), or a
+    wait when that native code blocks on a lock;
     otherwise memory work (unnamed libc frames are memcpy/memset) or the
     interpreter."""
     leaf = frames[-1]
@@ -136,6 +142,8 @@ def category(frames: list[str]) -> str:
     for frame in reversed(frames):
         if _name(frame)[1]:
             break
+        if any(b in frame for b in _BLOCKING):
+            return "waiting (subprocess, lock, sleep)"
         for label in _LIBRARIES:
             if _match(frame, label):
                 return label

@@ -12,7 +12,8 @@ The summary gives, as shares of all samples of all threads:
   ("self time" in Python terms, C callees included);
 - `native_leaf`: the innermost frame, native functions grouped by library;
 - `inclusive`: every Python function on the stack (counted once a sample);
-- `threads`: samples per thread, and how many of them were idle.
+- `threads`: samples per thread, how many of them were idle (waiting for
+  work, a lock, a child) and how many waited for the GIL (ready to run).
 """
 
 from __future__ import annotations
@@ -117,8 +118,14 @@ _LEAF_ONLY = ("file I/O system calls", "waiting (subprocess, lock, sleep)")
 # Native frames that block the thread on a lock: where libc's own frames
 # have no symbols (as on the Intel host of 2026-12-05), the futex call under
 # them is an unnamed libc frame, which would otherwise count as memory work.
+# (matched at the start of the function's name: `lock_PyThread_acquire_lock`
+# waiting in `pthread_cond_timedwait` has its lock and waits for the GIL)
 _BLOCKING = ("PyThread_acquire_lock", "pthread_mutex_lock", "sem_wait", "sem_timedwait",
-             "sem_clockwait")
+             "sem_clockwait", "__new_sem_wait", "do_futex_wait")
+# A thread back from a system call (or from C code that released the GIL)
+# that waits to take the GIL again: ready to run, held up by another thread.
+GIL_WAIT = "GIL: waiting to run Python again"
+_GIL = ("take_gil", "pthread_cond_timedwait", "pthread_cond_wait")
 _LIBRARIES = ("zstd", "SHA-2 (OpenSSL libcrypto)", "Argon2id key derivation (libsodium)",
               "XChaCha20-Poly1305 (libsodium)", "RocksDB (rocksdict)", "FastCDC",
               "Python's cyclic garbage collector")
@@ -129,21 +136,27 @@ def _match(frame: str, label: str) -> bool:
 
 
 def category(frames: list[str]) -> str:
-    """What a sample is doing: a system call or wait by its innermost frame;
-    otherwise the library of the innermost native code below the innermost
-    Python frame (inlined SIMD helpers have no library of their own), or a
-    wait when that native code blocks on a lock;
-    otherwise memory work (unnamed libc frames are memcpy/memset) or the
-    interpreter."""
+    """What a sample is doing: a wait on a lock, or for the GIL, by the
+    native code below the innermost Python frame (CPython's locks wait on
+    semaphores, so a condition variable there is the GIL's); else a system
+    call or wait by its innermost frame; otherwise the library of the
+    innermost native code below the innermost Python frame (inlined SIMD
+    helpers have no library of their own); otherwise memory work (unnamed
+    libc frames are memcpy/memset) or the interpreter."""
     leaf = frames[-1]
-    for label in _LEAF_ONLY:
-        if _match(leaf, label):
-            return label
+    native = []
     for frame in reversed(frames):
         if _name(frame)[1]:
             break
-        if any(b in frame for b in _BLOCKING):
-            return "waiting (subprocess, lock, sleep)"
+        native.append(frame)
+    if any(frame.startswith(_BLOCKING) for frame in native):
+        return "waiting (subprocess, lock, sleep)"
+    if any(g in frame for frame in native for g in _GIL):
+        return GIL_WAIT
+    for label in _LEAF_ONLY:
+        if _match(leaf, label):
+            return label
+    for frame in native:
         for label in _LIBRARIES:
             if _match(frame, label):
                 return label
@@ -158,6 +171,7 @@ def category(frames: list[str]) -> str:
 def summarise(raw: Path, top: int = 15) -> dict:
     """Shares of samples per function, per thread; see the module docstring."""
     py_leaf, native_leaf, inclusive, threads, idle = Counter(), Counter(), Counter(), Counter(), Counter()
+    gil = Counter()
     cats, py_cats = Counter(), Counter()
     total = 0
     if not raw.exists():
@@ -182,6 +196,8 @@ def summarise(raw: Path, top: int = 15) -> dict:
         py_cats[(leaf_py, cat)] += n
         if cat.startswith("waiting"):
             idle[thread] += n
+        elif cat == GIL_WAIT:
+            gil[thread] += n
         for nm in set(py):
             if nm.split(" (")[1].startswith("pkvc/") and not nm.endswith(("(pkvc/cli.py)", "(pkvc/api.py)")):
                 inclusive[nm] += n
@@ -198,7 +214,7 @@ def summarise(raw: Path, top: int = 15) -> dict:
             "categories": shares(cats, 20), "python_leaf": shares(py_leaf),
             "python_leaf_breakdown": breakdown, "native_leaf": shares(native_leaf),
             "inclusive": shares(inclusive),
-            "threads": [[t, n, idle.get(t, 0)] for t, n in threads.most_common()]}
+            "threads": [[t, n, idle.get(t, 0), gil.get(t, 0)] for t, n in threads.most_common()]}
 
 
 def render(summary: dict, title: str, top: int = 10) -> str:
@@ -206,8 +222,8 @@ def render(summary: dict, title: str, top: int = 10) -> str:
         return f"{title}: no samples ({summary.get('error', '')})"
     lines = [f"{title}", f"  {summary['samples']} samples at {summary['rate']} Hz "
              f"({summary['seconds_sampled']} s) over {len(summary['threads'])} thread(s)"]
-    for t, n, idle in summary["threads"]:
-        lines.append(f"    {t[:70]}: {n} samples, {idle} waiting")
+    for t, n, idle, *gil in summary["threads"]:
+        lines.append(f"    {t[:70]}: {n} samples, {idle} waiting, {gil[0] if gil else '?'} for the GIL")
     lines.append("  where the time goes (innermost frame):")
     for name, _n, share in summary["categories"][:top]:
         lines.append(f"    {share:5.1f}%  {name}")

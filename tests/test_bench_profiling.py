@@ -4,7 +4,7 @@ Stacks are as py-spy 0.4 wrote them for pkvc's mutated re-snapshot on a
 host whose libc frames have no symbols.
 """
 
-from bench.profiling import category
+from bench.profiling import GIL_WAIT, category
 
 THREAD = ['process 7124:"pkvc snapshot"', "thread (7194): pkvc-store_0",
           "0x7fb545f278ec (libc.so.6)", "thread_run (libpython3.11.so.1.0)",
@@ -25,6 +25,19 @@ def test_a_thread_blocked_on_a_lock_is_waiting_even_without_libc_symbols():
                                        "pthread_mutex_lock (libc.so.6)", "0x7fb545ea412b (libc.so.6)"]
     for frames in (waiting_for_work, waiting_for_result, hashing_behind_a_mutex):
         assert category(frames) == "waiting (subprocess, lock, sleep)"
+
+
+def test_a_thread_back_from_a_system_call_waiting_for_the_gil_is_told_apart():
+    back_from_pwrite = THREAD + ["_pwrite_all (pkvc/restore.py:912)", "os_pwrite (libpython3.11.so.1.0)",
+                                 "pthread_cond_timedwait (libc.so.6)", "0x7fb545ea3f16 (libc.so.6)"]
+    symbolised = THREAD + ["_Restorer._open (pkvc/restore.py:378)", "os_open (libpython3.11.so.1.0)",
+                           "take_gil (libpython3.11.so.1.0)", "pthread_cond_timedwait (libc.so.6)",
+                           "__futex_abstimed_wait_common (libc.so.6)"]
+    lock_taken_gil_next = THREAD + ["Condition.wait (threading.py:327)",
+                                    "lock_PyThread_acquire_lock (libpython3.11.so.1.0)",
+                                    "pthread_cond_timedwait (libc.so.6)", "0x7fb545ea3f16 (libc.so.6)"]
+    for frames in (back_from_pwrite, symbolised, lock_taken_gil_next):
+        assert category(frames) == GIL_WAIT
 
 
 def test_working_threads_keep_their_categories():

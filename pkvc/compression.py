@@ -117,9 +117,9 @@ def _dictionary() -> zstandard.ZstdCompressionDict:
 class BlobCompressor:
     """Compresses blobs for one thread (a zstd context is not safe to share)."""
 
-    def __init__(self, level: int = ZSTD_LEVEL):
-        self._plain = zstandard.ZstdCompressor(level=level)
-        self._schema = zstandard.ZstdCompressor(level=level, dict_data=_dictionary())
+    def __init__(self):
+        self._plain = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+        self._schema = zstandard.ZstdCompressor(level=ZSTD_LEVEL, dict_data=_dictionary())
 
     def compress(self, raw, schema: bool) -> tuple[int, "bytes | memoryview"]:
         """(compression id, payload): zstd, against the schema dictionary

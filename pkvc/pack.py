@@ -5,11 +5,11 @@ Layout of a pack (all integers little-endian):
     blob_0 | blob_1 | ... | blob_n-1 | header | header_length (u32)
 
 Each `blob_i` is `seal(data_key, payload, ad=blobref key)` where payload is
-the blob, zstd-compressed when that makes it smaller (`pkvc.compression`). `header` is
-`seal(data_key, entries, ad=HEADER_AD)`; its entries give each blob's ref,
-kind, compression, offset, sealed length and raw length. So a pack can be
-read without any index, which is what makes the index a mere cache. A pack
-is named by the SHA-256 of its bytes and is never modified.
+the blob, zstd-compressed when that makes it smaller (`pkvc.compression`).
+`header` is `seal(data_key, entries, ad=HEADER_AD)`; its entries give each
+blob's ref, kind, compression, offset, sealed length and raw length. So a
+pack can be read without any index, which is what makes the index a mere
+cache. A pack is named by the SHA-256 of its bytes and is never modified.
 """
 
 from __future__ import annotations

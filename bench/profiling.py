@@ -90,6 +90,8 @@ def _name(frame: str) -> tuple[str, bool]:
     return f"{func} [{lib}]", False
 
 
+WAITING = "waiting (subprocess, lock, sleep)"
+
 # What the innermost frame is doing, by library or system call.
 _CATEGORIES = [
     ("file I/O system calls", ("pread", "pwrite", "read (libc", "write (libc", "__libc_read",
@@ -98,7 +100,7 @@ _CATEGORIES = [
                                "fdatasync", "rename", "unlink", "mkdir", "utimensat", "fchmod",
                                "fchown", "lseek", "ftruncate", "fallocate", "readlink", "symlink",
                                "link (libc", "statx", "copy_file_range", "sendfile")),
-    ("waiting (subprocess, lock, sleep)", ("wait4", "waitpid", "poll", "select", "epoll",
+    (WAITING, ("wait4", "waitpid", "poll", "select", "epoll",
                                            "nanosleep", "futex", "pthread_cond", "sem_wait")),
     ("memory (malloc, memcpy, page faults)", ("memcpy", "memmove", "memset", "malloc", "free",
                                               "realloc", "calloc", "mmap", "munmap", "brk",
@@ -114,7 +116,7 @@ _CATEGORIES = [
 ]
 
 
-_LEAF_ONLY = ("file I/O system calls", "waiting (subprocess, lock, sleep)")
+_LEAF_ONLY = ("file I/O system calls", WAITING)
 # Native frames that block the thread on a lock: where libc's own frames
 # have no symbols (as on the Intel host of 2026-12-05), the futex call under
 # them is an unnamed libc frame, which would otherwise count as memory work.
@@ -150,7 +152,7 @@ def category(frames: list[str]) -> str:
             break
         native.append(frame)
     if any(frame.startswith(_BLOCKING) for frame in native):
-        return "waiting (subprocess, lock, sleep)"
+        return WAITING
     if any(g in frame for frame in native for g in _GIL):
         return GIL_WAIT
     for label in _LEAF_ONLY:
@@ -194,7 +196,7 @@ def summarise(raw: Path, top: int = 15) -> dict:
         cat = category(frames) if frames else "?"
         cats[cat] += n
         py_cats[(leaf_py, cat)] += n
-        if cat.startswith("waiting"):
+        if cat == WAITING:
             idle[thread] += n
         elif cat == GIL_WAIT:
             gil[thread] += n
@@ -222,8 +224,8 @@ def render(summary: dict, title: str, top: int = 10) -> str:
         return f"{title}: no samples ({summary.get('error', '')})"
     lines = [f"{title}", f"  {summary['samples']} samples at {summary['rate']} Hz "
              f"({summary['seconds_sampled']} s) over {len(summary['threads'])} thread(s)"]
-    for t, n, idle, *gil in summary["threads"]:
-        lines.append(f"    {t[:70]}: {n} samples, {idle} waiting, {gil[0] if gil else '?'} for the GIL")
+    for t, n, idle, gil in summary["threads"]:
+        lines.append(f"    {t[:70]}: {n} samples, {idle} waiting, {gil} for the GIL")
     lines.append("  where the time goes (innermost frame):")
     for name, _n, share in summary["categories"][:top]:
         lines.append(f"    {share:5.1f}%  {name}")
